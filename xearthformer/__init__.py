@@ -1,0 +1,68 @@
+"""xearthformer: Earthformer cuboid-attention forecasting for xarray data.
+
+Importing the package is cheap: torch-heavy modules load on first use, and nothing touches
+the disk. ``import xearthformer`` registers the ``.earthformer`` accessors on xarray objects.
+
+>>> import xearthformer as xef
+>>> model = xef.Earthformer.from_preset("tiny")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import accessor as _accessor  # noqa: F401  (registers .earthformer)
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DownloadError,
+    ModelTypeError,
+    ShapeError,
+    XEarthformerError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> (module that defines it, attribute; None for the module itself), loaded
+# lazily (PEP 562). Function names never equal a submodule's name (``train`` lives in
+# ``training``), because importing a submodule would overwrite the package attribute.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "Earthformer": ("xearthformer.nn.earthformer", "Earthformer"),
+    "EarthformerConfig": ("xearthformer.nn.earthformer", "EarthformerConfig"),
+    "presets": ("xearthformer.nn.earthformer", "presets"),
+    "Forecaster": ("xearthformer.checkpoint", "Forecaster"),
+    "save": ("xearthformer.checkpoint", "save"),
+    "load": ("xearthformer.checkpoint", "load"),
+    "load_official": ("xearthformer.official", "load_official"),
+    "pretrained": ("xearthformer.pretrained", "pretrained"),
+    "train": ("xearthformer.training", "train"),
+    "metrics": ("xearthformer.metrics", None),
+}
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DownloadError",
+    "ModelTypeError",
+    "ShapeError",
+    "XEarthformerError",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'xearthformer' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
