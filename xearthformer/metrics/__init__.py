@@ -1,0 +1,62 @@
+"""Verification scores for forecasts on labelled (xarray) data.
+
+Every score takes xarray objects (numpy arrays and torch tensors work too), reduces over
+``dim`` (default: every dim except ``lead_time``, ``threshold`` and ``member``), skips NaN
+points and stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's
+2-D ``valid_time``. Modules, one job each:
+
+* :mod:`~xearthformer.metrics.categorical`: contingency, csi, pod, sucr, frequency_bias, csi_m
+* :mod:`~xearthformer.metrics.continuous`: mse, mae, rmse, mean_bias, acc
+* :mod:`~xearthformer.metrics.enso`: nino34_index, c_nino34, nino34_skill
+* :mod:`~xearthformer.metrics.probabilistic`: crps, spread_skill, rank_histogram, brier_score
+* :mod:`~xearthformer.metrics.plot`: plot_by_lead
+
+>>> import numpy as np, xarray as xr
+>>> from xearthformer import metrics
+>>> fc = xr.DataArray(np.array([10.0, 80.0]), dims="x")
+>>> metrics.csi(fc, fc, thresholds=[16]).values.tolist()
+[1.0]
+"""
+
+from __future__ import annotations
+
+from .categorical import (
+    SEVIR_THRESHOLDS,
+    contingency,
+    csi,
+    csi_m,
+    frequency_bias,
+    max_pool,
+    pod,
+    sucr,
+)
+from .continuous import acc, mae, mean_bias, mse, rmse
+from .enso import c_nino34, monthly_climatology, nino34_index, nino34_skill, nino34_weights
+from .plot import plot_by_lead
+from .probabilistic import brier_score, crps, rank_histogram, spread_skill
+
+__all__ = [
+    "SEVIR_THRESHOLDS",
+    "acc",
+    "brier_score",
+    "c_nino34",
+    "contingency",
+    "crps",
+    "csi",
+    "csi_m",
+    "frequency_bias",
+    "mae",
+    "max_pool",
+    "mean_bias",
+    "monthly_climatology",
+    "mse",
+    "nino34_index",
+    "nino34_skill",
+    "nino34_weights",
+    "plot_by_lead",
+    "pod",
+    "rank_histogram",
+    "rmse",
+    "spread_skill",
+    "sucr",
+]

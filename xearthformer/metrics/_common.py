@@ -1,0 +1,308 @@
+"""Shared plumbing of the metrics: input coercion, observation alignment, dims, weights.
+
+Nothing here scores anything. Every public metric goes through :func:`prepare_pair` (turn
+numpy/torch/xarray into aligned xarray objects) and :func:`reduce_dims` (which dims to
+reduce over), so they all agree on conventions:
+
+* observations on ``time`` are matched to a forecast's 2-D ``valid_time(init_time, lead_time)``;
+* spatial coordinates must agree (differences in longitude convention are mended);
+* by default every dim is reduced except ``lead_time``, ``threshold`` and ``member``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, Union
+
+import numpy as np
+import xarray as xr
+
+from ..errors import DataError
+
+LEAD = "lead_time"
+INIT = "init_time"
+VALID = "valid_time"
+TIME = "time"
+MEMBER = "member"
+THRESHOLD = "threshold"
+KEEP_BY_DEFAULT = (LEAD, THRESHOLD, MEMBER)
+
+XArray = Union[xr.DataArray, xr.Dataset]
+Dims = Union[str, Sequence[Hashable], None]
+
+# Fallback names when cf-xarray finds no CF-tagged axis (checked in this order).
+_LAT_NAMES = ("lat", "latitude", "nav_lat", "rlat", "y_lat", "LAT", "Latitude")
+_LON_NAMES = ("lon", "longitude", "nav_lon", "rlon", "x_lon", "LON", "Longitude")
+
+
+def to_xarray(obj: Any, like: XArray | None = None) -> XArray:
+    """Return ``obj`` as an xarray object; numpy arrays and torch tensors are wrapped.
+
+    A plain array takes the dims and coords of ``like`` when the shapes match, otherwise the
+    generic dims ``dim_0, dim_1, ...``.
+    """
+    if isinstance(obj, (xr.DataArray, xr.Dataset)):
+        return obj
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch tensor, without importing torch
+        obj = obj.detach().cpu().numpy()
+    try:
+        array = np.asarray(obj)
+    except Exception as err:  # pragma: no cover - exotic inputs
+        raise DataError(
+            f"cannot use an object of type {type(obj).__name__} as data; expected an xarray "
+            "DataArray/Dataset, a numpy array or a torch tensor"
+        ) from err
+    if isinstance(like, xr.DataArray) and like.shape == array.shape:
+        return xr.DataArray(array, dims=like.dims, coords=like.coords)
+    return xr.DataArray(array, dims=[f"dim_{i}" for i in range(array.ndim)])
+
+
+def single_variable(obj: XArray, what: str) -> xr.DataArray:
+    """The one data variable of ``obj`` (a DataArray is returned unchanged)."""
+    if isinstance(obj, xr.DataArray):
+        return obj
+    names = list(obj.data_vars)
+    if len(names) != 1:
+        raise DataError(
+            f"{what} is a Dataset with data variables {names}; this metric needs exactly one. "
+            f"Select one first, e.g. ds[{names[0]!r}]" if names else f"{what} has no data variables"
+        )
+    return obj[names[0]]
+
+
+def find_coord(obj: XArray, kind: str) -> Hashable | None:
+    """Name of the latitude or longitude coordinate of ``obj`` (``kind`` is "latitude" or
+    "longitude"): CF attributes through cf-xarray first, then common names; None if absent."""
+    try:
+        import cf_xarray  # noqa: F401  (registers .cf)
+
+        names = obj.cf.coordinates.get(kind, [])
+        if len(names) == 1:
+            return names[0]
+    except Exception:  # cf-xarray can fail on odd metadata; fall back to names
+        pass
+    for name in _LAT_NAMES if kind == "latitude" else _LON_NAMES:
+        if name in obj.coords or name in obj.dims:
+            return name
+    return None
+
+
+def is_lazy(*objs: Any) -> bool:
+    """True when any of the xarray objects holds a Dask array."""
+    for obj in objs:
+        if isinstance(obj, xr.DataArray) and obj.chunks is not None:
+            return True
+        if isinstance(obj, xr.Dataset) and any(v.chunks is not None for v in obj.data_vars.values()):
+            return True
+    return False
+
+
+def _month_number(times: xr.DataArray) -> xr.DataArray:
+    """Months since year 0 (works for numpy datetimes and cftime alike)."""
+    return times.dt.year * 12 + times.dt.month - 1
+
+
+def align_to_valid_time(forecast: XArray, observed: XArray) -> XArray:
+    """Observations on ``time`` re-indexed onto the forecast's ``valid_time(init_time, lead_time)``.
+
+    Exact time matches are used first; monthly data (forecast ``lead_time`` in months, or
+    observations about a month apart) are matched by calendar month, since monthly means are
+    stamped on different days by different producers. Valid times without an observation
+    become NaN (and are skipped by the scores); none at all is an error.
+    """
+    valid = valid_times(forecast)
+    obs_times = observed[TIME]
+    index = obs_times.to_index()
+    flat = valid.values.ravel()
+    positions = np.asarray(index.get_indexer(flat))
+    if (positions < 0).any() and _is_monthly(forecast, observed):
+        obs_month = np.asarray(_month_number(obs_times).values)
+        want = np.asarray(_month_number(valid).values).ravel()
+        lookup = {m: i for i, m in enumerate(obs_month)}
+        positions = np.array([lookup.get(m, -1) for m in want])
+    if (positions < 0).all():
+        raise DataError(
+            f"none of the forecast's valid times ({flat.min()} .. {flat.max()}) is in the "
+            f"observations' time axis ({index.min()} .. {index.max()}); expected observations "
+            "covering the verification period. Select matching periods or check the calendars"
+        )
+    indexer = xr.DataArray(positions.reshape(valid.shape), dims=valid.dims)
+    if valid.ndim == 2:
+        # 1-D take + reshape: vectorised 2-D indexing would cut Dask arrays into tiny chunks
+        picked = observed.isel({TIME: np.where(positions >= 0, positions, 0)})
+        picked = picked.drop_vars(TIME, errors="ignore").coarsen({TIME: valid.shape[1]}).construct(
+            {TIME: valid.dims})
+    else:
+        picked = observed.isel({TIME: xr.where(indexer >= 0, indexer, 0)})
+    if (positions < 0).any():
+        picked = picked.where(indexer >= 0)
+    picked = picked.drop_vars(TIME, errors="ignore")
+    coords = {d: forecast[d] for d in valid.dims if d in forecast.coords}
+    # no valid_time on the result: comparing it with the forecast's (maybe lazy) one would
+    # force a computation in every arithmetic operation
+    return picked.assign_coords(coords)
+
+
+def valid_times(forecast: XArray) -> xr.DataArray:
+    """The forecast's ``valid_time`` as an in-memory (numpy) coordinate.
+
+    Opened lazily (Zarr, ``.chunk()``) it is a Dask array; rather than compute it, rebuild it
+    from the ``init_time`` and ``lead_time`` indexes when the lead is a timedelta or a
+    number of months (month start of the valid month). Otherwise it is loaded (it is small).
+    """
+    valid = forecast[VALID]
+    if valid.chunks is None:
+        return valid
+    if INIT in forecast.indexes and LEAD in forecast.indexes:
+        init, lead = forecast[INIT], forecast[LEAD]
+        if np.issubdtype(lead.dtype, np.timedelta64) and np.issubdtype(init.dtype, np.datetime64):
+            return (init + lead).transpose(*valid.dims).rename(VALID)
+        if lead.attrs.get("units") in ("months", "month") and np.issubdtype(init.dtype, np.datetime64):
+            months = init.values.astype("datetime64[M]")[:, None] + lead.values.astype(int)[None, :]
+            out = xr.DataArray(months.astype("datetime64[ns]"), dims=(INIT, LEAD),
+                               coords={INIT: init, LEAD: lead}, name=VALID)
+            return out.transpose(*valid.dims)
+    return valid.compute()
+
+
+def _is_monthly(forecast: XArray, observed: XArray) -> bool:
+    """Monthly data: lead_time in months, or observations one calendar month apart."""
+    if LEAD in forecast.coords and forecast[LEAD].attrs.get("units") in ("months", "month"):
+        return True
+    times = observed[TIME]
+    if times.size < 2:
+        return False
+    try:
+        step = np.diff(np.asarray(_month_number(times).values))
+    except (AttributeError, TypeError):
+        return False
+    return bool(np.all(step == 1))
+
+
+def _lon_convention(lon: np.ndarray) -> float:
+    """Start of the longitude range: -180 for [-180, 180), 0 for [0, 360)."""
+    return -180.0 if np.nanmin(lon) < 0 else 0.0
+
+
+def match_longitude(obj: XArray, like: XArray) -> XArray:
+    """``obj`` with its longitudes wrapped into the convention of ``like`` (and sorted)."""
+    lon, lon_like = find_coord(obj, "longitude"), find_coord(like, "longitude")
+    if lon is None or lon_like is None or lon not in obj.dims:
+        return obj
+    start = _lon_convention(np.asarray(like[lon_like].values))
+    values = np.asarray(obj[lon].values, dtype=float)
+    wrapped = (values - start) % 360.0 + start
+    if np.array_equal(wrapped, values):
+        return obj
+    out = obj.assign_coords({lon: wrapped.astype(obj[lon].dtype)})
+    out[lon].attrs.update(obj[lon].attrs)
+    return out.sortby(lon)
+
+
+def _harmonise_coords(observed: XArray, forecast: XArray) -> XArray:
+    """Give ``observed`` the forecast's coordinate values where they agree to float precision,
+    so that exact alignment does not fail on float32/float64 round-off."""
+    updates = {}
+    for dim in set(observed.dims) & set(forecast.dims):
+        if dim not in observed.indexes or dim not in forecast.indexes:
+            continue
+        a, b = observed[dim].values, forecast[dim].values
+        if a.shape == b.shape and not np.array_equal(a, b):
+            if np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
+                if np.allclose(a, b, rtol=1e-6, atol=1e-6):
+                    updates[dim] = forecast[dim]
+    return observed.assign_coords(updates) if updates else observed
+
+
+def prepare_pair(forecast: Any, observed: Any) -> tuple[XArray, XArray]:
+    """Coerce and align a forecast/observation pair.
+
+    Returns xarray objects with identical shared coordinates. Raises
+    :class:`~xearthformer.errors.DataError` when they cannot be matched.
+    """
+    fc = to_xarray(forecast)
+    obs = to_xarray(observed, like=fc)
+    if isinstance(fc, xr.DataArray) and not isinstance(forecast, (xr.DataArray, xr.Dataset)):
+        fc = to_xarray(forecast, like=obs)
+    if VALID in fc.coords and TIME in obs.dims and TIME not in fc.dims:
+        obs = align_to_valid_time(fc, obs)
+    obs = _harmonise_coords(match_longitude(obs, fc), fc)
+    for dim in set(fc.dims) & set(obs.dims):
+        if fc.sizes[dim] != obs.sizes[dim] and not (dim in fc.indexes and dim in obs.indexes):
+            raise DataError(
+                f"forecast and observed have different sizes along {dim!r} "
+                f"({fc.sizes[dim]} vs {obs.sizes[dim]}); expected the same grid. Regrid or "
+                "select matching points first"
+            )
+    try:
+        fc, obs = xr.align(fc, obs, join="exact")
+    except ValueError as err:
+        bad = [
+            d for d in set(fc.dims) & set(obs.dims)
+            if d in fc.indexes and d in obs.indexes and not fc.indexes[d].equals(obs.indexes[d])
+        ]
+        detail = ", ".join(
+            f"{d}: forecast {_summary(fc[d])} vs observed {_summary(obs[d])}" for d in bad
+        )
+        raise DataError(
+            f"forecast and observed coordinates differ ({detail or err}); expected the same "
+            "grid and times. Regrid, or select the common points with xr.align(..., join='inner')"
+        ) from err
+    return fc, obs
+
+
+def _summary(coord: xr.DataArray) -> str:
+    values = coord.values
+    if values.size == 0:
+        return "[]"
+    return f"[{values[0]} .. {values[-1]}] ({values.size} values)"
+
+
+def reduce_dims(obj: XArray, dim: Dims, keep: Iterable[Hashable] = KEEP_BY_DEFAULT) -> list[Hashable]:
+    """The dims to reduce over: ``dim`` as a list, or by default every dim of ``obj`` except
+    those in ``keep``. Unknown names raise DataError."""
+    if dim is None:
+        keep = set(keep)
+        return [d for d in obj.dims if d not in keep]
+    dims = [dim] if isinstance(dim, str) else list(dim)
+    missing = [d for d in dims if d not in obj.dims]
+    if missing:
+        raise DataError(
+            f"cannot reduce over {missing}: not dims of the data (dims are {list(obj.dims)}); "
+            "pass names from that list, or dim=None for the default"
+        )
+    return dims
+
+
+def area_weights(obj: XArray, weights: Any) -> xr.DataArray | None:
+    """Weights for weighted means: None, ``"coslat"`` (cosine of latitude) or an array."""
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        if weights not in ("coslat", "cos_lat", "area"):
+            raise DataError(f"unknown weights {weights!r}; expected None, 'coslat' or a DataArray")
+        lat = find_coord(obj, "latitude")
+        if lat is None:
+            raise DataError(
+                f"weights='coslat' needs a latitude coordinate; found coords {list(obj.coords)}. "
+                "Add CF attributes (standard_name='latitude') or name it 'lat'/'latitude'"
+            )
+        return np.cos(np.deg2rad(obj[lat].astype(float))).clip(min=0.0)
+    return to_xarray(weights)
+
+
+def weighted_mean(values: XArray, dims: list[Hashable], weights: xr.DataArray | None) -> XArray:
+    """Mean of ``values`` over ``dims`` skipping NaN, optionally weighted."""
+    if not dims:
+        return values
+    if weights is None:
+        return values.mean(dims, skipna=True)
+    # weights only where the value exists, so missing points change neither sum
+    w = xr.where(values.notnull(), weights, np.nan)
+    den = w.sum(dims, skipna=True)
+    return (values * w).sum(dims, skipna=True) / den.where(den > 0)
+
+
+def both_valid(forecast: XArray, observed: XArray) -> XArray:
+    """Mask of points where both forecast and observation are present (not NaN)."""
+    return forecast.notnull() & observed.notnull()
