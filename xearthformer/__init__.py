@@ -36,7 +36,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "save": ("xearthformer.checkpoint", "save"),
     "load": ("xearthformer.checkpoint", "load"),
     "load_official": ("xearthformer.official", "load_official"),
-    "pretrained": ("xearthformer.pretrained", "pretrained"),
+    "pretrained": ("xearthformer.hub", "pretrained"),
     "train": ("xearthformer.training", "train"),
     "metrics": ("xearthformer.metrics", None),
 }

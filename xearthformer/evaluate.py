@@ -1,0 +1,367 @@
+"""Score a model on SEVIR or ICAR-ENSO with the protocol of the Earthformer paper.
+
+The test set is streamed in batches (never loaded whole): windows come lazily from
+:mod:`xearthformer.data.sevir` / :mod:`xearthformer.data.icar_enso`, the model runs through
+:func:`xearthformer.forecast.predict_tensor`, and only running totals are kept.
+
+SEVIR (13 -> 12 frames of VIL): hits/misses/false alarms at thresholds 16, 74, 133, 160, 181,
+219 (pixel code, event ``>=``) summed over every window, pixel *and lead*, then CSI with
+``eps = 1e-4`` (``metrics.csi(..., protocol="sevir")``); CSI-M is their mean. MSE/MAE on the
+[0, 1] scale (code / 255). Predictions are never clipped.
+
+ICAR-ENSO (12 -> 14 months of SST anomaly): the predicted Nino3.4 index is
+``metrics.nino34_index(..., protocol="icar-enso")`` (the official 33-point box, 3-month
+forward mean: 12 leads); the observed index is the label file's. C-Nino3.4-M/WM from
+``metrics.c_nino34(..., protocol="icar-enso")``. MSE/MAE on the official min-max scale.
+
+Model inputs are normalised with the Forecaster's own spec (one input and one target
+channel; methods zscore/minmax/scale/none), and outputs de-normalised with it, so a model
+trained with xearthformer is scored exactly like the converted official weights.
+
+>>> scores = evaluate("earthformer-enso", "enso", "~/data/icar_enso_2021")   # doctest: +SKIP
+>>> float(scores.c_nino34_m)                                                # doctest: +SKIP
+
+Command line: ``xearthformer evaluate --model M.xef --dataset sevir --data-dir ~/data/sevir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import ConfigError, DataError
+
+#: published Earthformer test scores (DESIGN.md table); the CLI prints ours beside them
+PUBLISHED: dict[str, dict[str, float]] = {
+    "sevir": {"csi_m": 0.4419, "csi_219": 0.1791, "csi_181": 0.2848, "mse": 3.6957e-3},
+    "enso": {"c_nino34_m": 0.7329, "c_nino34_wm": 2.259, "mse": 2.546e-4},
+}
+DATASETS = tuple(PUBLISHED)
+DEFAULT_BATCH_SIZE = 16
+_METHODS = ("zscore", "minmax", "scale", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# model loading and (de)normalisation with the model's own spec
+# ----------------------------------------------------------------------------------------------
+def _load_model(model: Any) -> Any:
+    """A Forecaster from a Forecaster, a ``.xef`` path or a pretrained name."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    path = Path(model).expanduser()
+    if path.exists():
+        from .checkpoint import load
+
+        return load(path)
+    from .hub import REGISTRY, pretrained
+
+    if str(model) in REGISTRY:
+        return pretrained(str(model))
+    raise ConfigError(
+        f"model {str(model)!r} is neither a file nor a pretrained name; expected a .xef bundle "
+        f"(xearthformer.save) or one of {sorted(REGISTRY)}"
+    )
+
+
+def _channel(forecaster: Any) -> tuple[Any, Any]:
+    """The single input and target channel of the model's spec (checked)."""
+    spec = forecaster.spec
+    if spec.n_inputs != 1 or spec.n_targets != 1:
+        raise ConfigError(
+            f"evaluate needs a model with one input and one target channel (the data set's "
+            f"single variable); this one has inputs {spec.input_channel_names} and targets "
+            f"{[c.name for c in spec.targets]}"
+        )
+    for ch in (spec.inputs[0], spec.targets[0]):
+        if ch.method not in _METHODS:
+            raise ConfigError(
+                f"channel {ch.name!r} is normalised with {ch.method!r}; evaluate supports "
+                f"{_METHODS} (the official protocols need no climatology)"
+            )
+    return spec.inputs[0], spec.targets[0]
+
+
+def _encode(values: np.ndarray, ch: Any) -> np.ndarray:
+    return ((values - np.float32(ch.offset)) / np.float32(ch.scale)).astype(np.float32)[..., None]
+
+
+def _decode(y: np.ndarray, ch: Any) -> np.ndarray:
+    return (y[..., 0] * np.float32(ch.scale) + np.float32(ch.offset)).astype(np.float32)
+
+
+def _check_fit(forecaster: Any, context: int, lead: int, shape: tuple[int, int], name: str) -> None:
+    spec = forecaster.spec
+    if (spec.context, spec.lead) != (context, lead) or tuple(spec.grid.shape) != tuple(shape):
+        raise ConfigError(
+            f"the {name} protocol needs a model {context} -> {lead} steps on a {shape[0]}x"
+            f"{shape[1]} grid; this model does {spec.context} -> {spec.lead} on "
+            f"{spec.grid.shape[0]}x{spec.grid.shape[1]}"
+        )
+
+
+def _batches(n: int, batch_size: int, progress: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    starts = range(0, n, batch_size)
+    return tqdm(starts, total=len(starts), desc=desc, unit="batch",
+                disable=None if progress is None else not progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# SEVIR
+# ----------------------------------------------------------------------------------------------
+def _sevir_scores(counts: xr.Dataset, eps: float) -> xr.Dataset:
+    """Official SEVIR scores from summed counts (``h / (h + m + f + eps)`` etc.)."""
+    h, m, f = (counts[k].astype(float) for k in ("hits", "misses", "false_alarms"))
+    return xr.Dataset({"csi": h / (h + m + f + eps), "pod": h / (h + m + eps), "sucr": h / (h + f + eps)})
+
+
+def _evaluate_sevir(forecaster: Any, data_dir: Any, split: str, batch_size: int, device: Any,
+                    max_samples: int | None, official_batching: bool, progress: bool | None
+                    ) -> xr.Dataset:
+    from .data import sevir
+    from .forecast import predict_tensor
+    from .metrics import contingency
+    from .metrics.categorical import SEVIR_EPS, SEVIR_THRESHOLDS
+
+    win = sevir.sevir_windows(data_dir, split=split)
+    var = win["vil"]
+    n_in, n_out = win.attrs["context"], win.attrs["lead"]
+    _check_fit(forecaster, n_in, n_out, (win.sizes["y"], win.sizes["x"]), "SEVIR")
+    ch_in, ch_out = _channel(forecaster)
+    n = win.sizes["sample"] if max_samples is None else min(max_samples, win.sizes["sample"])
+    if official_batching:
+        n -= n % 2      # official loader: micro-batches of 2, an odd last window is dropped
+    if n < 1:
+        raise DataError(f"no SEVIR windows to score in split {split!r} under {data_dir}")
+    lead = win.step.values[n_in:]
+    counts: xr.Dataset | None = None
+    sq = ab = 0.0
+    for i0 in _batches(n, batch_size, progress, "evaluate sevir"):
+        block = var.isel(sample=slice(i0, min(i0 + batch_size, n))).values    # uint8 codes
+        x = block[:, :n_in].astype(np.float32)
+        obs = block[:, n_in:].astype(np.float32)
+        y = predict_tensor(forecaster, _encode(x, ch_in), batch_size=batch_size, device=device)
+        pred = _decode(y, ch_out)                                            # pixel code
+        dims = ("init_time", "lead_time", "y", "x")
+        c = contingency(xr.DataArray(pred, dims=dims, coords={"lead_time": lead}),
+                        xr.DataArray(obs, dims=dims, coords={"lead_time": lead}),
+                        thresholds=list(SEVIR_THRESHOLDS), dim=["init_time", "y", "x"],
+                        protocol="sevir")
+        counts = c if counts is None else counts + c
+        err = pred.astype(np.float64) / 255.0 - sevir.scale(obs.astype(np.uint8))
+        sq += float(np.square(err).sum())
+        ab += float(np.abs(err).sum())
+    size = n * n_out * var.shape[2] * var.shape[3]
+    pooled = _sevir_scores(counts.sum("lead_time"), SEVIR_EPS)
+    by_lead = _sevir_scores(counts, SEVIR_EPS)
+    out = xr.Dataset(
+        {
+            "csi_m": pooled.csi.mean("threshold"),
+            "csi_219": pooled.csi.sel(threshold=219.0),
+            "csi_181": pooled.csi.sel(threshold=181.0),
+            "mse": xr.DataArray(sq / size),
+            "mae": xr.DataArray(ab / size),
+            "csi": pooled.csi, "pod": pooled.pod, "sucr": pooled.sucr,
+            "csi_by_lead": by_lead.csi,
+            **{k: counts[k] for k in ("hits", "misses", "false_alarms")},
+        },
+        attrs={"dataset": "sevir", "split": split, "n_samples": int(n),
+               "protocol": "Earthformer SEVIR: counts pooled over samples, pixels and leads; "
+                           "eps 1e-4; MSE/MAE on VIL/255"},
+    )
+    return out.drop_vars([v for v in out.coords if v not in ("threshold", "lead_time")])
+
+
+# ----------------------------------------------------------------------------------------------
+# ICAR-ENSO
+# ----------------------------------------------------------------------------------------------
+def _evaluate_enso(forecaster: Any, data_dir: Any, split: str, batch_size: int, device: Any,
+                   max_samples: int | None, progress: bool | None) -> xr.Dataset:
+    from .data import icar_enso
+    from .forecast import predict_tensor
+    from .metrics import c_nino34, nino34_index
+
+    ds = data_dir if isinstance(data_dir, xr.Dataset) else icar_enso.open_icar_enso(data_dir)
+    # the split's models are small (one CMIP5 run is ~12 MB of SST): read them once
+    models = icar_enso.split_models(ds.model.values.tolist(), split)
+    chosen = ds[["sst", "nino"]].sel(model=models).load()
+    win = icar_enso.icar_enso_windows(chosen, split=None)
+    n_in, n_out = win.attrs["context"], win.attrs["lead"]
+    _check_fit(forecaster, n_in, n_out, (win.sizes["lat"], win.sizes["lon"]), "ICAR-ENSO")
+    ch_in, ch_out = _channel(forecaster)
+    n = win.sizes["sample"] if max_samples is None else min(max_samples, win.sizes["sample"])
+    if n < 1:
+        raise DataError(f"no ICAR-ENSO windows to score in split {split!r}")
+    coords = {"lat": win.lat, "lon": win.lon, "lead_time": np.arange(1, n_out + 1)}
+    indices = []
+    sq = ab = 0.0
+    for i0 in _batches(n, batch_size, progress, "evaluate enso"):
+        sst = win.sst.isel(sample=slice(i0, min(i0 + batch_size, n))).values
+        y = predict_tensor(forecaster, _encode(sst[:, :n_in], ch_in), batch_size=batch_size,
+                           device=device)
+        pred = _decode(y, ch_out)                                          # degC anomaly
+        index = nino34_index(
+            xr.DataArray(pred, dims=("init_time", "lead_time", "lat", "lon"),
+                         coords={**coords, "init_time": np.arange(i0, i0 + len(pred))}),
+            protocol="icar-enso")
+        indices.append(index)
+        err = (icar_enso.scale_sst(pred.astype(np.float64))
+               - icar_enso.scale_sst(sst[:, n_in:].astype(np.float64)))
+        sq += float(np.square(err).sum())
+        ab += float(np.abs(err).sum())
+    forecast_index = xr.concat(indices, dim="init_time")
+    observed = win.nino_target.isel(sample=slice(0, n)).values
+    observed_index = xr.DataArray(
+        observed, dims=("init_time", "lead_time"),
+        coords={"init_time": np.arange(n), "lead_time": forecast_index.lead_time.values})
+    skill = c_nino34(forecast_index, observed_index, protocol="icar-enso")
+    size = n * n_out * win.sizes["lat"] * win.sizes["lon"]
+    return xr.Dataset(
+        {
+            "c_nino34_m": skill.c_nino34_m,
+            "c_nino34_wm": skill.c_nino34_wm,
+            "mse": xr.DataArray(sq / size),
+            "mae": xr.DataArray(ab / size),
+            "cor": skill.cor,
+            "nino_rmse": skill.rmse,
+        },
+        attrs={"dataset": "enso", "split": split, "n_samples": int(n),
+               "models": ", ".join(models),
+               "protocol": "Earthformer ICAR-ENSO: predicted index from the 24x48 SST box, "
+                           "observed index from the label file; MSE/MAE on the min-max scale"},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+def evaluate(
+    model: Any,
+    dataset: str,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: Any = "auto",
+    max_samples: int | None = None,
+    official_batching: bool = False,
+    progress: bool | None = None,
+) -> xr.Dataset:
+    """Score ``model`` on SEVIR or ICAR-ENSO with the Earthformer paper's protocol.
+
+    Parameters
+    ----------
+    model
+        A :class:`~xearthformer.Forecaster`, a ``.xef`` path, or a pretrained name
+        (``"earthformer-sevir"``, ``"earthformer-enso"``; downloads on first use).
+    dataset
+        ``"sevir"`` or ``"enso"``.
+    data_dir
+        SEVIR root (``CATALOG.csv`` + ``data/``) or the ICAR-ENSO folder (``CMIP_*.nc``).
+    split
+        ``"test"`` (the paper's numbers), ``"val"`` or ``"train"``.
+    batch_size
+        Windows per model call; only one batch is in memory at a time.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``...
+    max_samples
+        Score only the first windows (quick checks); None scores all.
+    official_batching
+        SEVIR only: drop the last window when their number is odd, as the official loader
+        (micro-batches of 2, one GPU) does, to score exactly the windows of the official run.
+    progress
+        Progress bar over batches (None: only on a terminal).
+
+    Returns
+    -------
+    xarray.Dataset
+        SEVIR: ``csi_m``, ``csi_219``, ``csi_181``, ``mse``, ``mae`` (scalars), ``csi``,
+        ``pod``, ``sucr`` per threshold, ``csi_by_lead`` and the counts per lead/threshold.
+        ENSO: ``c_nino34_m``, ``c_nino34_wm``, ``mse``, ``mae``, ``cor`` and ``nino_rmse``
+        per lead. Attributes name the data set, split, sample count and the published values
+        (``published_<score>``).
+
+    Examples
+    --------
+    >>> s = evaluate("sevir_model.xef", "sevir", "~/data/sevir", batch_size=8)   # doctest: +SKIP
+    >>> print(format_scores(s))                                                   # doctest: +SKIP
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    forecaster = _load_model(model)
+    if dataset == "sevir":
+        scores = _evaluate_sevir(forecaster, data_dir, split, int(batch_size), device,
+                                 max_samples, official_batching, progress)
+    else:
+        scores = _evaluate_enso(forecaster, data_dir, split, int(batch_size), device,
+                                max_samples, progress)
+    scores.attrs.update({f"published_{k}": v for k, v in PUBLISHED[dataset].items()})
+    return scores
+
+
+def format_scores(scores: xr.Dataset) -> str:
+    """A small table of the headline scores beside the published Earthformer numbers.
+
+    >>> s = xr.Dataset({"mse": 0.002}, attrs={"dataset": "sevir", "split": "test", "n_samples": 3})
+    >>> print(format_scores(s).splitlines()[1])
+    metric              this model     published
+    """
+    dataset = scores.attrs.get("dataset", "")
+    published = PUBLISHED.get(dataset, {})
+    lines = [f"{dataset} {scores.attrs.get('split', '')} split, "
+             f"{scores.attrs.get('n_samples', '?')} windows",
+             f"{'metric':<16}{'this model':>14}{'published':>14}"]
+    names = list(published) + [k for k in ("mae",) if k in scores]
+    for name in names:
+        ours = f"{float(scores[name]):.4g}" if name in scores else "-"
+        ref = f"{published[name]:.4g}" if name in published else "-"
+        lines.append(f"{name:<16}{ours:>14}{ref:>14}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``xearthformer evaluate``."""
+    parser.add_argument("--model", required=True,
+                        help="a .xef bundle, or a pretrained name (earthformer-sevir, earthformer-enso)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", required=True,
+                        help="SEVIR root (CATALOG.csv + data/) or the ICAR-ENSO folder (CMIP_*.nc)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0...")
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="score only the first N windows (a quick check)")
+    parser.add_argument("--official-batching", action="store_true",
+                        help="SEVIR: drop an odd last window as the official loader does")
+    parser.add_argument("--output", default=None,
+                        help="also write all scores to this file (.nc NetCDF, or .json headline scores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``xearthformer evaluate``; prints the scores beside the published ones."""
+    scores = evaluate(args.model, args.dataset, args.data_dir, split=args.split,
+                      batch_size=args.batch_size, device=args.device,
+                      max_samples=args.max_samples, official_batching=args.official_batching,
+                      progress=False if args.no_progress else None)
+    print(format_scores(scores))
+    if args.output:
+        out = Path(args.output)
+        if out.suffix == ".json":
+            headline = {k: float(v) for k, v in scores.data_vars.items() if v.ndim == 0}
+            out.write_text(json.dumps({**headline, **scores.attrs}, indent=2, default=str))
+        else:
+            scores.to_netcdf(out)
+        print(f"scores written to {out}")
+    return 0
