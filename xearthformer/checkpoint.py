@@ -1,0 +1,344 @@
+"""The one-file model bundle: :class:`Forecaster`, :func:`save` and :func:`load`.
+
+A bundle is a single safetensors file. Tensors: the model's state_dict under ``model.``
+and the spec's arrays (climatology, static fields, land masks, 2-D lat/lon) under ``spec.``.
+JSON in the safetensors header metadata: the bundle format version, the package version,
+the model class and config, and the :class:`~xearthformer.layout.DataSpec`. Loading parses
+JSON and raw tensors only, so it never executes code from the file. Training checkpoints
+(optimizer state etc.) are separate files owned by :mod:`xearthformer.training`; bundles
+are what users share.
+
+>>> fc = Forecaster(model, spec)                                     # doctest: +SKIP
+>>> save(fc, "sst.xef"); fc2 = load("sst.xef")                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import struct
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError, ModelTypeError
+from .layout import DataSpec
+
+#: bundle format written by :func:`save`; :func:`load` refuses anything newer.
+FORMAT = "xearthformer-bundle"
+FORMAT_VERSION = 1
+#: model classes a bundle may name -> (module, class); loading instantiates only these, so a
+#: file can never make :func:`load` import or run anything else.
+MODEL_CLASSES: dict[str, tuple[str, str]] = {
+    "Earthformer": ("xearthformer.nn.earthformer", "Earthformer"),
+}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header size
+
+
+class Forecaster:
+    """An Earthformer plus everything needed to use it on labelled data.
+
+    Parameters
+    ----------
+    model : xearthformer.Earthformer
+        The network; its ``config.input_shape``/``target_shape`` must match ``spec``.
+    spec : DataSpec
+        Variables, normalisation, grid, time step, context and lead.
+    metadata : dict, optional
+        Free-form JSON-able information (training data, history...), saved in the bundle.
+    version : str, optional
+        Package version that created the bundle (default: this one).
+
+    Attributes
+    ----------
+    model, spec, metadata, version
+
+    Raises
+    ------
+    ConfigError
+        The model's input/target shapes disagree with the spec.
+
+    Examples
+    --------
+    >>> fc = Forecaster(Earthformer(cfg), spec)                      # doctest: +SKIP
+    >>> fc.context, fc.lead                                          # doctest: +SKIP
+    (12, 14)
+    """
+
+    def __init__(self, model: Any, spec: DataSpec, metadata: dict[str, Any] | None = None,
+                 version: str | None = None) -> None:
+        if not isinstance(spec, DataSpec):
+            raise ModelTypeError(f"spec must be a layout.DataSpec, got {type(spec).__name__}.")
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "to_dict"):
+            raise ModelTypeError(
+                f"model must be an xearthformer Earthformer (with a .config), got "
+                f"{type(model).__name__}."
+            )
+        _check_shapes(config, spec)
+        from . import __version__
+
+        self.model = model
+        self.spec = spec
+        self.metadata = dict(metadata or {})
+        self.version = __version__ if version is None else str(version)
+
+    @property
+    def context(self) -> int:
+        """Number of input time steps."""
+        return self.spec.context
+
+    @property
+    def lead(self) -> int:
+        """Number of predicted time steps."""
+        return self.spec.lead
+
+    def to(self, device: Any) -> Forecaster:
+        """Move the model to ``device`` (in place); returns self."""
+        self.model.to(device)
+        return self
+
+    def forecast(self, obj: Any, **kwargs: Any) -> Any:
+        """Forecast from labelled data; see :func:`xearthformer.forecast.forecast`."""
+        from .forecast import forecast
+
+        return forecast(obj, self, **kwargs)
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"Forecaster({type(self.model).__name__}, inputs={[c.name for c in s.inputs]}, "
+                f"targets={[c.name for c in s.targets]}, grid={s.grid.shape}, step={s.step}, "
+                f"context={s.context}, lead={s.lead})")
+
+
+def _check_shapes(config: Any, spec: DataSpec) -> None:
+    for what, expected in (("input_shape", spec.input_shape), ("target_shape", spec.target_shape)):
+        got = getattr(config, what, None)
+        if got is not None and tuple(got) != tuple(expected):
+            raise ConfigError(
+                f"the model's {what} is {tuple(got)} but the data spec implies {expected} "
+                "(T, H, W, C). Fix: build the model with "
+                f"Earthformer.from_preset(..., input_shape={spec.input_shape}, "
+                f"target_shape={spec.target_shape})."
+            )
+
+
+def _unwrap(model: Any) -> Any:
+    """The plain module inside DistributedDataParallel/DataParallel or torch.compile."""
+    while True:
+        if type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _model_class_name(model: Any) -> str:
+    for name, (module, attr) in MODEL_CLASSES.items():
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        if type(model) is cls:
+            return name
+    raise ModelTypeError(
+        f"cannot save a {type(model).__name__}; bundles hold one of {sorted(MODEL_CLASSES)}."
+    )
+
+
+def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
+    """Write ``forecaster`` to one safetensors file (suggested suffix ``.xef``).
+
+    The file is written to a temporary name and renamed, so a crash never leaves a
+    half-written bundle under ``path``.
+
+    Raises
+    ------
+    ModelTypeError
+        ``forecaster`` is not a :class:`Forecaster`.
+
+    Examples
+    --------
+    >>> save(fc, tmp_path / "sst.xef")                                # doctest: +SKIP
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if not isinstance(forecaster, Forecaster):
+        raise ModelTypeError(
+            f"save() takes a xearthformer.Forecaster, got {type(forecaster).__name__}. "
+            "Fix: wrap the model: Forecaster(model, spec)."
+        )
+    model, spec = _unwrap(forecaster.model), forecaster.spec
+    tensors: dict[str, Any] = {}
+    # clone: safetensors refuses tensors that share storage (views, tied weights)
+    for key, value in model.state_dict().items():
+        tensors[f"model.{key}"] = value.detach().to("cpu").contiguous().clone()
+    for key, value in spec.arrays().items():
+        tensors[f"spec.{key}"] = torch.from_numpy(np.ascontiguousarray(value).copy())
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "xearthformer_version": forecaster.version,
+        "model_class": _model_class_name(model),
+        "model_config": json.dumps(model.config.to_dict()),
+        "spec": json.dumps(spec.to_dict()),
+        "metadata": json.dumps(forecaster.metadata, default=str),
+    }
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".xef-", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _not_a_bundle(path: str, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not an xearthformer bundle ({why}). Bundles are safetensors files written "
+        "by xearthformer.save(). Fix: for an official Earthformer checkpoint (.pt/.ckpt), "
+        "convert it first: `xearthformer convert` or xearthformer.load_official()."
+    )
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed JSON header of a bundle (format, versions, model config, spec) without
+    loading any weights.
+
+    Returns
+    -------
+    dict
+        ``format``, ``format_version`` (int), ``xearthformer_version``, ``model_class``,
+        ``model_config`` (dict), ``spec`` (dict), ``metadata`` (dict).
+
+    Raises
+    ------
+    CheckpointError
+        Not a bundle, or a bundle format newer than this package reads.
+    FileNotFoundError
+        No such file.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        start = f.read(8)
+        if start[:2] == b"PK" or start[:1] == b"\x80":
+            raise _not_a_bundle(path, "it is a PyTorch pickle/zip checkpoint")
+        if len(start) < 8:
+            raise _not_a_bundle(path, "the file is too short")
+        (size,) = struct.unpack("<Q", start)
+        if size > min(_MAX_HEADER, os.path.getsize(path) - 8):
+            raise _not_a_bundle(path, "no valid safetensors header")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise _not_a_bundle(path, "the safetensors header is not JSON") from err
+    meta = (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+    if meta.get("format") != FORMAT:
+        raise _not_a_bundle(path, f"format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        version = int(meta["format_version"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: bundle has no valid format_version.") from err
+    if version > FORMAT_VERSION:
+        from . import __version__
+
+        raise CheckpointError(
+            f"{path} uses bundle format version {version} (written by xearthformer "
+            f"{meta.get('xearthformer_version', '?')}); this xearthformer {__version__} reads "
+            f"versions up to {FORMAT_VERSION}. Fix: upgrade: pip install -U xearthformer."
+        )
+    try:
+        return {
+            "format": FORMAT,
+            "format_version": version,
+            "xearthformer_version": meta.get("xearthformer_version", "unknown"),
+            "model_class": meta["model_class"],
+            "model_config": json.loads(meta["model_config"]),
+            "spec": json.loads(meta["spec"]),
+            "metadata": json.loads(meta.get("metadata", "{}")),
+        }
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: bundle header is incomplete or corrupt ({err}).") from err
+
+
+def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
+    """Read a bundle written by :func:`save`; never executes code from the file.
+
+    Parameters
+    ----------
+    path : path-like
+    device : str or torch.device
+        Where to put the weights.
+
+    Returns
+    -------
+    Forecaster
+        With the model in eval mode.
+
+    Raises
+    ------
+    CheckpointError
+        Not a bundle (e.g. an official PyTorch checkpoint: the message points to
+        ``xearthformer convert``), a newer format version, unknown model class, or
+        weights that do not match the config.
+    FileNotFoundError
+        No such file.
+
+    Examples
+    --------
+    >>> fc = load("sst.xef")                                           # doctest: +SKIP
+    """
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    meta = read_metadata(path)
+    name = meta["model_class"]
+    if name not in MODEL_CLASSES:
+        raise CheckpointError(
+            f"{path} holds a model of class {name!r}; this xearthformer knows "
+            f"{sorted(MODEL_CLASSES)}. Fix: upgrade xearthformer."
+        )
+    module, attr = MODEL_CLASSES[name]
+    cls = getattr(importlib.import_module(module), attr)
+    config_cls = _config_class(cls)
+    try:
+        config = config_cls.from_dict(meta["model_config"])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the model config: {err}") from err
+    tensors = load_file(path, device=str(device))
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    arrays = {k[len("spec."):]: v.cpu().numpy() for k, v in tensors.items() if k.startswith("spec.")}
+    try:
+        spec = DataSpec.from_dict(meta["spec"], arrays)
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the data spec: {err}") from err
+    model = cls(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: the weights do not fit a {name} built from the stored config: {err}"
+        ) from err
+    model.to(device).eval()
+    try:
+        return Forecaster(model, spec, metadata=meta["metadata"],
+                          version=meta["xearthformer_version"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: model and data spec disagree: {err}") from err
+
+
+def _config_class(cls: type) -> type:
+    """The config dataclass of a model class: ``cls.config_class`` or, by the package's
+    naming convention, ``<Name>Config`` in the same module."""
+    explicit = getattr(cls, "config_class", None)
+    if explicit is not None:
+        return explicit
+    module = importlib.import_module(cls.__module__)
+    return getattr(module, f"{cls.__name__}Config")
