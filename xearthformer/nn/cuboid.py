@@ -1,0 +1,437 @@
+"""Cuboid attention: multi-head attention within the cuboids of a (T, H, W) grid.
+
+A layer (with the bookkeeping of :mod:`xearthformer.nn.decomposition`) pads the grid to a
+multiple of the cuboid size, optionally rolls it (cyclic shift), reorders it into
+``(B, num_cuboids, cuboid_volume, C)`` and runs one batched
+:func:`torch.nn.functional.scaled_dot_product_attention` over all cuboids at once, with a
+learned relative-position bias and the shift/padding mask folded into ``attn_mask``.
+Global vectors (a few learned vectors per sample) are attended to by every cuboid
+(local-to-global) and attend to every position and to each other (global-to-local/global).
+
+Padding types (``padding_type``):
+
+``zeros``
+    pad with zeros *after* the layer norm; the zero positions take part in attention as keys
+    (their keys and values are exactly zero, they still get a relative-position bias). Both
+    official presets use this.
+``ignore``
+    pad with zeros and mask the padded positions out (as keys, and their own outputs are 0).
+``nearest``
+    repeat the edge values (replicate padding); they take part in attention.
+
+Cuboid and shift sizes are clamped to the data shape as in the official code: an axis whose
+data length is <= the cuboid size gets the data length and no shift; dilated axes get no shift.
+
+Where this module deliberately differs from the official ``earthformer`` 0.2.1 code (none of
+these are on the paths its presets use, which match it to float32 round-off):
+
+* ``ignore`` + global vectors: the official global-to-local mask is laid out in grid order
+  while the keys are in cuboid order, so it masks the wrong positions; here it masks the
+  padded ones.
+* ``nearest`` padding: the official code resamples the whole axis with nearest
+  interpolation (stretching it); here the edge values are repeated, as the name says.
+* A cuboid clamped to a smaller size along H or W (never the case inside an Earthformer,
+  whose shapes are fixed at construction) gets the relative-position bias of its true
+  offsets; the official code indexes the bias table as if the cuboid were unclamped.
+
+>>> import torch
+>>> from xearthformer.nn.patterns import Decomposition
+>>> attn = CuboidSelfAttention(dim=8, num_heads=2, decomposition=Decomposition((2, 2, 2)))
+>>> attn(torch.randn(1, 3, 4, 5, 8)).shape
+torch.Size([1, 3, 4, 5, 8])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ShapeError
+from .decomposition import (
+    PADDING_TYPES,
+    Grid,
+    check_padding_type,
+    clamp_decomposition,
+    cross_attention_mask,
+    from_cuboids,
+    pad_grid,
+    padding_amounts,
+    relative_position_index,
+    self_attention_mask,
+    self_valid_keys,
+    to_cuboids,
+)
+from .patterns import CrossDecomposition, Decomposition
+
+__all__ = ["CuboidCrossAttention", "CuboidSelfAttention", "PADDING_TYPES", "attend", "pad_grid", "padding_amounts"]
+
+
+# --------------------------------------------------------------------------- attention maths
+
+def _bias(table: Tensor, index: Tensor) -> Tensor:
+    """(heads, 1, q_volume, k_volume) relative-position bias."""
+    q_vol, k_vol = index.shape
+    return table[index.reshape(-1)].reshape(q_vol, k_vol, -1).permute(2, 0, 1).unsqueeze(1)
+
+
+def _attn_mask(bias: Tensor | None, keep: Tensor | None, n_extra: int, dtype: torch.dtype,
+               device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """Fold bias and keep-mask into one SDPA ``attn_mask``; ``n_extra`` global keys appended.
+
+    Returns ``(attn_mask, empty)``. Queries allowed no key at all (``empty``, only possible
+    with ``ignore`` padding) would make the softmax NaN: their row is opened here and the
+    caller sets their output to zero, as the official masked softmax does. ``keep`` comes
+    (cached) on the CPU, so this check costs no device synchronisation.
+    """
+    empty = None
+    if keep is not None:
+        if n_extra:
+            keep = F.pad(keep, (0, n_extra), value=True)
+        rows = ~keep.any(-1)
+        if bool(rows.any()):
+            empty, keep = rows.to(device), keep | rows[..., None]
+        keep = keep.to(device)
+    if bias is None:
+        return keep, empty
+    bias = bias.to(dtype)
+    if n_extra:
+        bias = F.pad(bias, (0, n_extra))
+    return (bias if keep is None else bias.masked_fill(~keep, float("-inf"))), empty
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, scale: float) -> Tensor:
+    """SDPA over (B, *batch, L, E) queries, with the extra batch dims folded into one.
+
+    Fused kernels (flash / memory-efficient, CPU and CUDA) take 4-d inputs only, so
+    (B, heads, cuboids, L, E) is run as (B, heads * cuboids, L, E); ``mask`` broadcasts to
+    (*batch, L, S) (it never depends on B).
+    """
+    b, mid, l_q, l_k = q.shape[0], q.shape[1:-2], q.shape[-2], k.shape[-2]
+    n = math.prod(mid)
+    if mask is not None:
+        mask = mask.expand(*mid, l_q, l_k).reshape(1, n, l_q, l_k)
+    out = F.scaled_dot_product_attention(
+        q.reshape(b, n, l_q, -1), k.reshape(b, n, l_k, -1), v.reshape(b, n, l_k, -1),
+        attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out.reshape(b, *mid, l_q, -1)
+
+
+def _joint(q_a: Tensor, k_a: Tensor, q_b: Tensor, k_b: Tensor) -> tuple[Tensor, Tensor]:
+    """One query/key pair whose scores are ``q_a.k_a`` for keys a and ``q_b.k_b`` for keys b.
+
+    When a and b use different query projections (separate global qkv), queries are
+    concatenated along the feature axis and keys zero-padded to match, so a single softmax
+    (one SDPA call) covers both key sets exactly.
+    """
+    if q_b is q_a:
+        return q_a, torch.cat([k_a, k_b], dim=-2)
+    k_a = F.pad(k_a, (0, q_b.shape[-1]))
+    k_b = F.pad(k_b, (q_a.shape[-1], 0))
+    return torch.cat([q_a, q_b], dim=-1), torch.cat([k_a, k_b], dim=-2)
+
+
+def split_heads(x: Tensor, parts: int, heads: int, head_dim: int) -> Tensor:
+    """(B, ..., parts * heads * head_dim) -> (parts, B, heads, ..., head_dim)."""
+    x = x.reshape(*x.shape[:-1], parts, heads, head_dim)
+    n = x.dim()
+    return x.permute(n - 3, 0, n - 2, *range(1, n - 3), n - 1)
+
+
+def _norm(kind: str, dim: int) -> nn.Module:
+    if kind == "layer_norm":
+        return nn.LayerNorm(dim)
+    raise ConfigError(f"norm_layer must be 'layer_norm', got {kind!r}")
+
+
+class CuboidSelfAttention(nn.Module):
+    """Multi-head self-attention within the cuboids of one decomposition (pre-norm, no residual).
+
+    Parameters
+    ----------
+    dim, num_heads
+        Channels and heads (``dim % num_heads == 0``).
+    decomposition
+        Cuboid size, strategy and shift; clamped to the data shape at run time.
+    padding_type
+        ``zeros``, ``ignore`` or ``nearest`` (see the module docstring).
+    use_global_vector, use_global_self_attn, separate_global_qkv, global_dim_ratio
+        Global-vector options, as in the official code.
+
+    Forward: ``x`` (B, T, H, W, dim) [, ``global_vectors`` (B, G, ratio * dim)] -> same shapes.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        decomposition: Decomposition,
+        padding_type: str = "zeros",
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        use_final_proj: bool = True,
+        use_relative_pos: bool = True,
+        norm_layer: str = "layer_norm",
+        use_global_vector: bool = False,
+        use_global_self_attn: bool = False,
+        separate_global_qkv: bool = False,
+        global_dim_ratio: int = 1,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if global_dim_ratio != 1 and not separate_global_qkv:
+            raise ConfigError("global_dim_ratio != 1 needs separate_global_qkv=True")
+        check_padding_type(padding_type)
+        self.dim, self.num_heads = dim, num_heads
+        self.head_dim = dim // num_heads
+        self.decomposition = decomposition
+        self.padding_type = padding_type
+        self.attn_drop, self.use_final_proj = attn_drop, use_final_proj
+        self.use_relative_pos = use_relative_pos
+        self.use_global_vector, self.use_global_self_attn = use_global_vector, use_global_self_attn
+        self.separate_global_qkv, self.global_dim_ratio = separate_global_qkv, global_dim_ratio
+        size = decomposition.cuboid_size
+        if use_relative_pos:
+            rows = math.prod(2 * c - 1 for c in size)
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index", relative_position_index(size, size, size).clone())
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        gdim = global_dim_ratio * dim
+        if use_global_vector:
+            if separate_global_qkv:
+                self.l2g_q_net = nn.Linear(dim, dim, bias=False)
+                self.l2g_global_kv_net = nn.Linear(gdim, 2 * dim, bias=False)
+                self.g2l_global_q_net = nn.Linear(gdim, dim, bias=False)
+                self.g2l_k_net = nn.Linear(dim, dim, bias=False)
+                self.g2l_v_net = nn.Linear(dim, gdim, bias=False)
+                if use_global_self_attn:
+                    self.g2g_global_qkv_net = nn.Linear(gdim, 3 * gdim, bias=False)
+            else:
+                self.global_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if use_final_proj:
+            self.proj = nn.Linear(dim, dim)
+            if use_global_vector:
+                self.global_proj = nn.Linear(gdim, gdim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.norm = _norm(norm_layer, dim)
+        if use_global_vector:
+            self.global_vec_norm = _norm(norm_layer, gdim)
+
+    def _heads(self, x: Tensor, parts: int, head_dim: int | None = None) -> Tensor:
+        return split_heads(x, parts, self.num_heads, head_dim or self.head_dim)
+
+    def _index(self, size: Grid) -> Tensor:
+        if size == tuple(self.decomposition.cuboid_size):
+            return self.relative_position_index
+        built = tuple(self.decomposition.cuboid_size)
+        return relative_position_index(built, size, size).to(self.relative_position_index.device)
+
+    def forward(self, x: Tensor, global_vectors: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        if x.dim() != 5 or x.shape[-1] != self.dim:
+            raise ShapeError(f"expected x of shape (B, T, H, W, {self.dim}), got {tuple(x.shape)}")
+        if self.use_global_vector and global_vectors is None:
+            raise ShapeError("this layer uses global vectors: pass global_vectors (B, G, C)")
+        x = self.norm(x)
+        b, t, h, w, _ = x.shape
+        grid = (t, h, w)
+        d = clamp_decomposition(grid, self.decomposition)
+        pads = padding_amounts(grid, d.cuboid_size)
+        padded = tuple(n + p for n, p in zip(grid, pads))
+        x = pad_grid(x, pads, self.padding_type)
+        if any(d.shift_size):
+            x = torch.roll(x, [-s for s in d.shift_size], dims=(1, 2, 3))
+        xc = to_cuboids(x, d.cuboid_size, d.strategy)  # (B, n, v, C)
+        q, k, v = self._heads(self.qkv(xc), 3)  # (B, heads, n, v, hd)
+        keep = self_attention_mask(grid, d, self.padding_type)
+        bias = _bias(self.relative_position_bias_table, self._index(d.cuboid_size)) if self.use_relative_pos else None
+        scale = self.head_dim ** -0.5
+        dropout = self.attn_drop if self.training else 0.0
+        new_global = None
+        if not self.use_global_vector:
+            mask, empty = _attn_mask(bias, keep, 0, q.dtype, q.device)
+            out = attend(q, k, v, mask, dropout, scale)
+        else:
+            out, new_global = self._with_globals(xc, q, k, v, global_vectors, bias, keep, grid, d, scale, dropout)
+            empty = None  # every query can attend the global vectors
+        if empty is not None:
+            out = out * (~empty).to(device=out.device, dtype=out.dtype)[..., None]
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, xc.shape[1], xc.shape[2], self.dim)
+        if self.use_final_proj:
+            out = self.proj_drop(self.proj(out))
+            if new_global is not None:
+                new_global = self.proj_drop(self.global_proj(new_global))
+        x = from_cuboids(out, d.cuboid_size, d.strategy, padded)  # type: ignore[arg-type]
+        if any(d.shift_size):
+            x = torch.roll(x, list(d.shift_size), dims=(1, 2, 3))
+        x = x[:, :t, :h, :w]
+        return x if new_global is None else (x, new_global)
+
+    def _with_globals(self, xc: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor, bias: Tensor | None,
+                      keep: Tensor | None, grid: Grid, d: Decomposition, scale: float, dropout: float
+                      ) -> tuple[Tensor, Tensor]:
+        """Local-to-(local + global) attention, and the global vectors' update.
+
+        ``xc`` (B, n, v, C) are the cuboids, ``q, k, v`` (B, heads, n, v, hd) their local
+        projections, ``g`` (B, G, ratio * C) the global vectors. Returns the local output
+        (B, heads, n, v, hd) and the new global vectors (B, G, ratio * C) before projection.
+        """
+        b, n, vol, _ = xc.shape
+        num_g = g.shape[1]
+        g = self.global_vec_norm(g)
+        ghd = self.global_dim_ratio * self.head_dim
+        if self.separate_global_qkv:
+            l2g_q = self._heads(self.l2g_q_net(xc), 1)[0]
+            gk, gv = self._heads(self.l2g_global_kv_net(g), 2)  # (B, heads, G, hd)
+            g2l_q = self._heads(self.g2l_global_q_net(g), 1)[0]
+            g2l_k = self._heads(self.g2l_k_net(xc), 1)[0]
+            g2l_v = self._heads(self.g2l_v_net(xc), 1, ghd)[0]
+            if self.use_global_self_attn:
+                g2g_q, g2g_k, g2g_v = self._heads(self.g2g_global_qkv_net(g), 3, ghd)
+        else:
+            qg, gk, gv = self._heads(self.global_qkv(g), 3)
+            l2g_q, g2l_q, g2l_k, g2l_v = q, qg, k, v
+            g2g_q, g2g_k, g2g_v = qg, gk, gv
+        # local -> local and global: every cuboid also sees the G global keys
+        expand = (b, self.num_heads, n, num_g, self.head_dim)
+        q_all, k_all = _joint(q, k, l2g_q, gk.unsqueeze(2).expand(expand))
+        v_all = torch.cat([v, gv.unsqueeze(2).expand(expand)], dim=-2)
+        mask, _ = _attn_mask(bias, keep, num_g, q.dtype, q.device)
+        out = attend(q_all, k_all, v_all, mask, dropout, scale)
+        # global -> every position (and -> globals)
+        g2l_k = g2l_k.reshape(b, self.num_heads, n * vol, -1)
+        g2l_v = g2l_v.reshape(b, self.num_heads, n * vol, -1)
+        key_mask = None
+        if self.padding_type == "ignore" and any(padding_amounts(grid, d.cuboid_size)):
+            key_mask = self_valid_keys(grid, d).to(q.device)[None]  # (1, keys): same for every global
+        if self.use_global_self_attn:
+            gq, gk_all = _joint(g2l_q, g2l_k, g2g_q, g2g_k)
+            gv_all = torch.cat([g2l_v, g2g_v], dim=-2)
+            if key_mask is not None:
+                key_mask = F.pad(key_mask, (0, num_g), value=True)
+        else:
+            gq, gk_all, gv_all = g2l_q, g2l_k, g2l_v
+        new_g = attend(gq, gk_all, gv_all, key_mask, dropout, scale)
+        new_g = new_g.permute(0, 2, 1, 3).reshape(b, num_g, -1)
+        return out, new_g
+
+
+class CuboidCrossAttention(nn.Module):
+    """Decoder cross-attention: cuboids of the query grid attend to the paired memory cuboids.
+
+    Query ``x`` (B, T_x, H, W, C) and memory (B, T_mem, H, W, C) are cut into the same number
+    of cuboids: ``n_temporal`` groups along time (memory padded at the start, query at the
+    end) and ``cuboid_hw`` blocks in space. The relative-position bias is indexed by the
+    in-cuboid time offset ``t_x - t_mem`` and the spatial offset (official convention).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        decomposition: CrossDecomposition,
+        max_temporal_relative: int,
+        padding_type: str = "zeros",
+        cross_last_n_frames: int | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        use_relative_pos: bool = True,
+        norm_layer: str = "layer_norm",
+        use_global_vector: bool = False,
+        separate_global_qkv: bool = False,
+        global_dim_ratio: int = 1,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        check_padding_type(padding_type)
+        shift = list(decomposition.shift_hw)
+        for i in (0, 1):  # dilated axes never shift
+            if decomposition.strategy[i + 1] == "d":
+                shift[i] = 0
+        self.decomposition = CrossDecomposition(
+            decomposition.cuboid_hw, tuple(shift), decomposition.strategy, decomposition.n_temporal)  # type: ignore[arg-type]
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.max_temporal_relative = max_temporal_relative
+        self.padding_type, self.cross_last_n_frames = padding_type, cross_last_n_frames
+        self.attn_drop, self.use_relative_pos = attn_drop, use_relative_pos
+        self.use_global_vector, self.separate_global_qkv = use_global_vector, separate_global_qkv
+        bh, bw = decomposition.cuboid_hw
+        if use_relative_pos:
+            extent = (max_temporal_relative, bh, bw)
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(math.prod(2 * e - 1 for e in extent), num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index", relative_position_index(extent, extent, extent).clone())
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.kv_proj = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if use_global_vector and separate_global_qkv:
+            self.l2g_q_net = nn.Linear(dim, dim, bias=False)
+            self.l2g_global_kv_net = nn.Linear(global_dim_ratio * dim, 2 * dim, bias=False)
+        self.norm = _norm(norm_layer, dim)
+
+    def _heads(self, x: Tensor, parts: int) -> Tensor:
+        return split_heads(x, parts, self.num_heads, self.head_dim)
+
+    def forward(self, x: Tensor, mem: Tensor, mem_global_vectors: Tensor | None = None) -> Tensor:
+        if self.cross_last_n_frames is not None:
+            mem = mem[:, -min(self.cross_last_n_frames, mem.shape[1]):]
+        b, t_x, h, w, c = x.shape
+        t_m = mem.shape[1]
+        if mem.shape[0] != b or mem.shape[2:] != x.shape[2:] or c != self.dim:
+            raise ShapeError(f"query {tuple(x.shape)} and memory {tuple(mem.shape)} must share B, H, W and C={self.dim}")
+        if max(t_x, t_m) >= self.max_temporal_relative:
+            raise ShapeError(f"T_x={t_x} and T_mem={t_m} must be < max_temporal_relative={self.max_temporal_relative}")
+        if self.use_global_vector and mem_global_vectors is None:
+            raise ShapeError("this layer uses global vectors: pass mem_global_vectors (B, G, C)")
+        d = self.decomposition
+        n_t, (bh, bw) = d.n_temporal, d.cuboid_hw
+        x = self.norm(x)
+        pad_x = padding_amounts((t_x, h, w), (n_t, bh, bw))
+        pad_m = padding_amounts((t_m, h, w), (n_t, bh, bw))
+        x = pad_grid(x, pad_x, self.padding_type)
+        mem = pad_grid(mem, pad_m, self.padding_type, time_left=True)
+        x_grid = tuple(x.shape[1:4])
+        if any(d.shift_hw):
+            x = torch.roll(x, [-s for s in d.shift_hw], dims=(2, 3))
+            mem = torch.roll(mem, [-s for s in d.shift_hw], dims=(2, 3))
+        x_cub = (x.shape[1] // n_t, bh, bw)
+        m_cub = (mem.shape[1] // n_t, bh, bw)
+        xc = to_cuboids(x, x_cub, d.strategy)
+        mc = to_cuboids(mem, m_cub, d.strategy)
+        q = self._heads(self.q_proj(xc), 1)[0]
+        k, v = self._heads(self.kv_proj(mc), 2)
+        keep = cross_attention_mask((t_x, h, w), (t_m, h, w), d, self.padding_type)
+        bias = None
+        if self.use_relative_pos:
+            extent = (self.max_temporal_relative, bh, bw)
+            index = relative_position_index(extent, x_cub, m_cub).to(x.device)
+            bias = _bias(self.relative_position_bias_table, index)
+        scale = self.head_dim ** -0.5
+        num_g = 0
+        if self.use_global_vector:
+            num_g = mem_global_vectors.shape[1]
+            if self.separate_global_qkv:
+                l2g_q = self._heads(self.l2g_q_net(xc), 1)[0]
+                gk, gv = self._heads(self.l2g_global_kv_net(mem_global_vectors), 2)
+            else:
+                l2g_q = q
+                gk, gv = self._heads(self.kv_proj(mem_global_vectors), 2)
+            expand = (b, self.num_heads, xc.shape[1], num_g, self.head_dim)
+            q, k = _joint(q, k, l2g_q, gk.unsqueeze(2).expand(expand))
+            v = torch.cat([v, gv.unsqueeze(2).expand(expand)], dim=-2)
+        mask, empty = _attn_mask(bias, keep, num_g, q.dtype, q.device)
+        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0, scale)
+        if empty is not None:
+            out = out * (~empty).to(device=out.device, dtype=out.dtype)[..., None]
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, xc.shape[1], xc.shape[2], self.dim)
+        out = self.proj_drop(self.proj(out))
+        x = from_cuboids(out, x_cub, d.strategy, x_grid)  # type: ignore[arg-type]
+        if any(d.shift_hw):
+            x = torch.roll(x, list(d.shift_hw), dims=(2, 3))
+        return x[:, :t_x, :h, :w]

@@ -1,0 +1,203 @@
+"""Earthformer: hierarchical encoder-decoder space-time transformer with cuboid attention.
+
+``(N, T_in, H, W, C_in) -> (N, T_out, H, W, C_out)``:
+
+1. stem: convolutions + patch merging down to the base resolution (``conv`` or ``stack_conv``);
+2. learned positional embedding, then the encoder: per level, cuboid self-attention blocks
+   (optionally with global vectors), patch merging between levels;
+3. decoder: starts from zeros (+ positional embedding, linear projection) at the coarsest
+   level, alternates self-attention and cross-attention to that level's encoder memory, and
+   upsamples level by level;
+4. head: upsampling back to (H, W) with convolutions, then a linear map to C_out.
+
+H and W need not be multiples of anything: patch merging pads, the head resizes back to the
+exact (H, W). The module names equal the official implementation's, so the official
+``sevir``/``enso`` state_dicts load unchanged (see :mod:`xearthformer.official`).
+
+>>> import torch
+>>> model = Earthformer.from_preset("tiny")
+>>> model(torch.zeros(2, 6, 32, 32, 1)).shape
+torch.Size([2, 6, 32, 32, 1])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ShapeError
+from .blocks import BlockOptions, Decoder, Encoder
+from .config import EarthformerConfig, preset, presets
+from .layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, merged_shape
+from .patterns import cross_pattern, self_pattern
+
+__all__ = ["Earthformer", "EarthformerConfig", "presets"]
+
+
+class Earthformer(nn.Module):
+    """The Earthformer model on tensors; build with a config or :meth:`from_preset`.
+
+    Parameters
+    ----------
+    config
+        The architecture; kept as ``model.config``.
+
+    Examples
+    --------
+    >>> model = Earthformer.from_preset("small", input_shape=(6, 24, 48, 2), target_shape=(6, 24, 48, 1))
+    >>> model.config.target_shape
+    (6, 24, 48, 1)
+    """
+
+    def __init__(self, config: EarthformerConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        t_out, _, _, c_out = cfg.target_shape
+        if cfg.num_global_vectors > 0:
+            self.init_global_vectors = nn.Parameter(
+                torch.zeros(cfg.num_global_vectors, cfg.global_dim_ratio * cfg.base_units))
+        self._build_stem_and_head()
+        units = cfg.level_units()
+        shapes = [(*self.base_shape[:3], units[0])]
+        opts = _block_options(cfg)
+        for i in range(1, len(units)):
+            shapes.append(merged_shape(shapes[-1], cfg.downsample_factor(), units[i]))
+        self.mem_shapes = shapes
+        self.encoder = Encoder(
+            shapes, cfg.enc_depth, cfg.downsample_factor(),
+            [self_pattern(p, s) for p, s in zip(cfg.level_patterns("self_pattern"), shapes)],
+            opts, cfg.enc_use_inter_ffn, cfg.num_global_vectors)
+        t, h, w = self.base_shape[:3]
+        self.enc_pos_embed = PosEmbed(cfg.base_units, t, h, w, cfg.pos_embed_type)
+        top = shapes[-1]
+        self.z_proj = nn.Linear(top[3], top[3])
+        self.dec_pos_embed = PosEmbed(top[3], t_out, top[1], top[2], cfg.pos_embed_type)
+        use_g = cfg.num_global_vectors > 0
+        # the decoder's cuboid sizes are derived from the *encoder's* shapes (official behaviour)
+        self.decoder = Decoder(
+            t_out, shapes, cfg.dec_depth,
+            [self_pattern(p, s) for p, s in zip(cfg.level_patterns("cross_self_pattern"), shapes)],
+            [cross_pattern(p, s) for p, s in zip(cfg.level_patterns("cross_pattern"), shapes)],
+            opts, cfg.dec_use_inter_ffn, cfg.dec_cross_start, cfg.dec_cross_last_n_frames,
+            cfg.dec_hierarchical_pos_embed, cfg.pos_embed_type, cfg.upsample_kernel_size,
+            cfg.dec_use_first_self_attn, use_g and cfg.use_dec_self_global, cfg.dec_self_update_global,
+            use_g and cfg.use_dec_cross_global)
+        self.dec_final_proj = nn.Linear(self._head_channels, c_out)
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------- construction helpers
+    def _build_stem_and_head(self) -> None:
+        cfg = self.config
+        c_in = cfg.input_shape[3]
+        act = cfg.initial_downsample_activation
+        if cfg.initial_downsample_type == "conv":
+            scale = cfg.initial_downsample_scale
+            factor = (1, scale, scale) if isinstance(scale, int) else ((1, *scale) if len(scale) == 2 else tuple(scale))
+            self.initial_encoder = ConvStem(c_in, cfg.base_units, factor, cfg.initial_downsample_conv_layers, act,
+                                            cfg.padding_type)
+            self.final_decoder = ConvHead(cfg.base_units, cfg.target_shape[:3], cfg.final_upsample_conv_layers, act)
+            self._head_channels = cfg.base_units
+        else:
+            n = cfg.initial_downsample_stack_conv_num_layers
+            dims = list(cfg.initial_downsample_stack_conv_dim_list or (cfg.base_units,) * n)[:n]
+            factors = list(cfg.initial_downsample_stack_conv_downscale_list)[:n]
+            convs = list(cfg.initial_downsample_stack_conv_num_conv_list)[:n]
+            self.initial_encoder = StackConvStem(c_in, dims, factors, convs, act, cfg.padding_type)
+            # head stages mirror the stem run on the target grid: coarse -> fine, channels reversed
+            out = self.initial_encoder.out_shapes(cfg.target_shape)
+            grids = [s[:3] for s in out[:-1]][::-1] + [tuple(cfg.target_shape[:3])]
+            head_shapes = [(*g, s[3]) for g, s in zip(grids, out[::-1])]
+            self.final_decoder = StackConvHead(out[-1][3], head_shapes, convs[::-1], act)
+            self._head_channels = head_shapes[-1][3]
+        self.base_shape = self.initial_encoder.out_shapes(cfg.input_shape)[-1]
+
+    def reset_parameters(self) -> None:
+        """Initialise as the official code does (its init mode "0" everywhere)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith("relative_position_bias_table") or name == "init_global_vectors":
+                nn.init.trunc_normal_(p, std=0.02)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Earthformer:
+        """Model of a named preset (``sevir``, ``enso``, ``small``, ``tiny``), fields overridden.
+
+        ``input_shape=``/``target_shape=`` build the same architecture for other shapes;
+        overriding only ``input_shape`` keeps the preset's T_out and C_out.
+        """
+        return cls(preset(name, **overrides))
+
+    # ---------------------------------------------------------------- forward
+    def check_input(self, x: Any) -> None:
+        """Raise ShapeError unless ``x`` is a float tensor (N, *config.input_shape)."""
+        want = tuple(self.config.input_shape)
+        if not isinstance(x, Tensor):
+            raise ShapeError(f"expected a torch.Tensor of shape (N, {', '.join(map(str, want))}), got {type(x).__name__}")
+        if x.dim() != 5:
+            raise ShapeError(f"expected a 5-d tensor (N, T, H, W, C) = (N, {', '.join(map(str, want))}), "
+                             f"got rank {x.dim()} with shape {tuple(x.shape)}")
+        if tuple(x.shape[1:]) != want:
+            raise ShapeError(f"expected input of shape (N, {', '.join(map(str, want))}) (N, T, H, W, C), got "
+                             f"{tuple(x.shape)}; build the model with input_shape={tuple(x.shape[1:])} to use it")
+        if not x.is_floating_point():
+            raise ShapeError(f"expected a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
+        dtype = self.dec_final_proj.weight.dtype
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ShapeError(f"input dtype {x.dtype} differs from the model's {dtype}; use x.to({dtype}) "
+                             f"or torch.autocast")
+        if x.shape[0] == 0:
+            raise ShapeError(f"expected at least one sample, got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, T_in, H, W, C_in) -> (N, T_out, H, W, C_out)."""
+        self.check_input(x)
+        b = x.shape[0]
+        x = self.enc_pos_embed(self.initial_encoder(x))
+        g = None
+        if self.config.num_global_vectors > 0:
+            g = self.init_global_vectors.expand(b, *self.init_global_vectors.shape)
+        mem, mem_global = self.encoder(x, g)
+        z = self._initial_z(mem[-1])
+        y = self.decoder(z, mem, mem_global)
+        return self.dec_final_proj(self.final_decoder(y))
+
+    def _initial_z(self, top: Tensor) -> Tensor:
+        t_out = self.config.target_shape[0]
+        method = self.config.z_init_method
+        b = top.shape[0]
+        if method == "zeros":
+            z = torch.zeros((1, t_out, *top.shape[2:]), dtype=top.dtype, device=top.device)
+            return self.z_proj(self.dec_pos_embed(z)).expand(b, -1, -1, -1, -1)
+        if method == "nearest_interp":
+            z = F.interpolate(top.permute(0, 4, 1, 2, 3), size=(t_out, *top.shape[2:4])).permute(0, 2, 3, 4, 1)
+        elif method == "last":
+            z = top[:, -1:].expand(-1, t_out, -1, -1, -1)
+        else:  # mean
+            z = top.mean(dim=1, keepdim=True).expand(-1, t_out, -1, -1, -1)
+        return self.z_proj(z)
+
+
+def _block_options(cfg: EarthformerConfig) -> BlockOptions:
+    return BlockOptions(
+        num_heads=cfg.num_heads, attn_drop=cfg.attn_drop, proj_drop=cfg.proj_drop, ffn_drop=cfg.ffn_drop,
+        ffn_activation=cfg.ffn_activation, gated_ffn=cfg.gated_ffn, norm_layer=cfg.norm_layer,
+        padding_type=cfg.padding_type, use_relative_pos=cfg.use_relative_pos,
+        self_attn_use_final_proj=cfg.self_attn_use_final_proj, use_global_vector_ffn=cfg.use_global_vector_ffn,
+        use_global_self_attn=cfg.use_global_self_attn, separate_global_qkv=cfg.separate_global_qkv,
+        global_dim_ratio=cfg.global_dim_ratio, checkpoint_level=cfg.checkpoint_level)

@@ -1,0 +1,238 @@
+"""Building blocks of the Earthformer besides attention: FFN, patch merging, upsampling,
+positional embedding, and the convolutional stems/heads that change the spatial resolution.
+
+Module and parameter names follow the official implementation so that its state_dicts load
+as they are. All tensors are channels-last: (B, T, H, W, C).
+
+>>> import torch
+>>> PatchMerging(8, 16, (1, 2, 2))(torch.randn(1, 3, 5, 4, 8)).shape   # H padded 5 -> 6
+torch.Size([1, 3, 3, 2, 16])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .decomposition import pad_grid, padding_amounts
+
+ACTIVATIONS = ("leaky", "gelu", "relu", "elu", "sigmoid", "tanh", "softplus", "identity")
+
+
+def activation(name: str) -> nn.Module:
+    """Activation by its official name (``leaky`` is LeakyReLU(0.1))."""
+    table = {
+        "leaky": lambda: nn.LeakyReLU(0.1),
+        "gelu": nn.GELU,
+        "relu": nn.ReLU,
+        "elu": nn.ELU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "softplus": nn.Softplus,
+        "identity": nn.Identity,
+    }
+    if name not in table:
+        raise ConfigError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    return table[name]()
+
+
+class PositionwiseFFN(nn.Module):
+    """Pre-norm feed-forward block with residual: ``x + drop(fc2(drop(act(fc1(norm(x))))))``."""
+
+    def __init__(self, units: int, hidden: int, dropout: float = 0.0, act: str = "gelu", gated: bool = False) -> None:
+        super().__init__()
+        self.ffn_1 = nn.Linear(units, hidden)
+        if gated:
+            self.ffn_1_gate = nn.Linear(units, hidden)
+        self.gated = gated
+        self.activation = activation(act)
+        self.ffn_2 = nn.Linear(hidden, units)
+        self.layer_norm = nn.LayerNorm(units)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.layer_norm(x)
+        if self.gated:
+            y = self.activation(self.ffn_1_gate(y)) * self.ffn_1(y)
+        else:
+            y = self.activation(self.ffn_1(y))
+        return x + self.dropout(self.ffn_2(self.dropout(y)))
+
+
+def merged_shape(shape: Sequence[int], factor: Sequence[int], out_dim: int) -> tuple[int, int, int, int]:
+    """(T, H, W, C) after patch merging by ``factor`` (sizes round up: merging pads)."""
+    return (*(-(-n // f) for n, f in zip(shape[:3], factor)), out_dim)  # type: ignore[return-value]
+
+
+class PatchMerging(nn.Module):
+    """Space(-time) downsampling: pad to a multiple of ``factor``, stack each patch's
+    channels, layer-norm and project linearly to ``out_dim``."""
+
+    def __init__(self, dim: int, out_dim: int, factor: Sequence[int], padding_type: str = "zeros") -> None:
+        super().__init__()
+        self.factor = tuple(int(f) for f in factor)
+        self.padding_type = padding_type
+        volume = self.factor[0] * self.factor[1] * self.factor[2]
+        self.reduction = nn.Linear(volume * dim, out_dim, bias=False)
+        self.norm = nn.LayerNorm(volume * dim)
+        self.out_dim = out_dim
+
+    def out_shape(self, shape: Sequence[int]) -> tuple[int, int, int, int]:
+        """(T, H, W, C) after merging."""
+        return merged_shape(shape, self.factor, self.out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, h, w, c = x.shape
+        x = pad_grid(x, padding_amounts((t, h, w), self.factor), self.padding_type)
+        ft, fh, fw = self.factor
+        t, h, w = x.shape[1:4]
+        x = x.reshape(b, t // ft, ft, h // fh, fh, w // fw, fw, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
+        x = x.reshape(b, t // ft, h // fh, w // fw, ft * fh * fw * c)
+        return self.reduction(self.norm(x))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour resize of H, W to ``size`` followed by a 3x3 convolution (per frame)."""
+
+    def __init__(self, dim: int, out_dim: int, size: Sequence[int], kernel_size: int = 3) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+        self.conv = nn.Conv2d(dim, out_dim, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, h, w, c = x.shape
+        y = F.interpolate(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), size=self.size, mode="nearest")
+        y = self.conv(y)
+        return y.permute(0, 2, 3, 1).reshape(b, t, *self.size, -1)
+
+
+class PosEmbed(nn.Module):
+    """Learned positional embedding added to (B, T, H, W, C): ``t+h+w`` or ``t+hw``."""
+
+    def __init__(self, dim: int, max_t: int, max_h: int, max_w: int, kind: str = "t+h+w") -> None:
+        super().__init__()
+        if kind not in ("t+h+w", "t+hw"):
+            raise ConfigError(f"pos_embed_type must be 't+h+w' or 't+hw', got {kind!r}")
+        self.kind, self.max_w = kind, max_w
+        self.T_embed = nn.Embedding(max_t, dim)
+        if kind == "t+h+w":
+            self.H_embed = nn.Embedding(max_h, dim)
+            self.W_embed = nn.Embedding(max_w, dim)
+        else:
+            self.HW_embed = nn.Embedding(max_h * max_w, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, t, h, w, _ = x.shape
+        dev = x.device
+        emb = self.T_embed(torch.arange(t, device=dev))[:, None, None]
+        if self.kind == "t+h+w":
+            emb = emb + self.H_embed(torch.arange(h, device=dev))[None, :, None]
+            emb = emb + self.W_embed(torch.arange(w, device=dev))[None, None, :]
+        else:
+            idx = torch.arange(h, device=dev)[:, None] * self.max_w + torch.arange(w, device=dev)
+            emb = emb + self.HW_embed(idx)[None]
+        return x + emb
+
+
+def conv_block(in_dim: int, out_dim: int, layers: int, groups: int, act: str) -> nn.Sequential:
+    """``layers`` x (3x3 conv, GroupNorm, activation)."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Conv2d(in_dim if i == 0 else out_dim, out_dim, 3, padding=1), nn.GroupNorm(groups, out_dim),
+                 activation(act)]
+    return nn.Sequential(*mods)
+
+
+def _per_frame(block: nn.Module, x: Tensor) -> Tensor:
+    b, t, h, w, c = x.shape
+    y = block(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2))
+    return y.permute(0, 2, 3, 1).reshape(b, t, h, w, -1)
+
+
+class ConvStem(nn.Module):
+    """``initial_downsample_type="conv"``: convs (GroupNorm of 16 groups) then one patch merge."""
+
+    def __init__(self, in_dim: int, dim: int, factor: Sequence[int], layers: int, act: str, padding_type: str) -> None:
+        super().__init__()
+        self.layers = layers
+        self.conv_block = conv_block(in_dim, dim, layers, 16, act)
+        self.patch_merge = PatchMerging(dim if layers else in_dim, dim, factor, padding_type)
+
+    def out_shapes(self, shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
+        return [self.patch_merge.out_shape(shape)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.layers:
+            x = _per_frame(self.conv_block, x)
+        return self.patch_merge(x)
+
+
+class ConvHead(nn.Module):
+    """Inverse of :class:`ConvStem`: upsample to the target (T, H, W), then convs."""
+
+    def __init__(self, dim: int, size: Sequence[int], layers: int, act: str) -> None:
+        super().__init__()
+        self.layers = layers
+        self.conv_block = conv_block(dim, dim, layers, 16, act)
+        self.upsample = Upsample(dim, dim, size[1:3])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.upsample(x)
+        return _per_frame(self.conv_block, x) if self.layers else x
+
+
+class StackConvStem(nn.Module):
+    """``initial_downsample_type="stack_conv"``: repeated (convs, patch merge) stages;
+    GroupNorm with ``max(1, dim // 4)`` groups."""
+
+    def __init__(self, in_dim: int, dims: Sequence[int], factors: Sequence[int], convs: Sequence[int], act: str,
+                 padding_type: str) -> None:
+        super().__init__()
+        self.convs = list(convs)
+        self.conv_block_list = nn.ModuleList()
+        self.patch_merge_list = nn.ModuleList()
+        for i, (dim, factor, n) in enumerate(zip(dims, factors, convs)):
+            prev = in_dim if i == 0 else dims[i - 1]
+            self.conv_block_list.append(conv_block(prev, dim, n, max(1, dim // 4), act))
+            self.patch_merge_list.append(PatchMerging(dim if n else prev, dim, (1, factor, factor), padding_type))
+
+    def out_shapes(self, shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
+        shapes = []
+        for merge in self.patch_merge_list:
+            shape = merge.out_shape(shape)
+            shapes.append(shape)
+        return shapes
+
+    def forward(self, x: Tensor) -> Tensor:
+        for n, block, merge in zip(self.convs, self.conv_block_list, self.patch_merge_list):
+            if n:
+                x = _per_frame(block, x)
+            x = merge(x)
+        return x
+
+
+class StackConvHead(nn.Module):
+    """Inverse of :class:`StackConvStem`: per stage, upsample to ``shape[:3]`` then convs to
+    ``shape[3]`` channels; ``shapes`` run from coarse to fine."""
+
+    def __init__(self, in_dim: int, shapes: Sequence[Sequence[int]], convs: Sequence[int], act: str) -> None:
+        super().__init__()
+        self.convs = list(convs)
+        self.upsample_list = nn.ModuleList()
+        self.conv_block_list = nn.ModuleList()
+        dim = in_dim
+        for shape, n in zip(shapes, convs):
+            self.upsample_list.append(Upsample(dim, dim, shape[1:3]))
+            self.conv_block_list.append(conv_block(dim, shape[3], n, max(1, shape[3] // 4), act))
+            dim = shape[3] if n else dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        for n, up, block in zip(self.convs, self.upsample_list, self.conv_block_list):
+            x = up(x)
+            if n:
+                x = _per_frame(block, x)
+        return x
