@@ -1,0 +1,766 @@
+"""Forecasting labelled data: eager, lazy (Dask, chunked over init time) and archive batches.
+
+Three layers, each usable alone:
+
+* :func:`predict_tensor` - the one place the torch model runs for inference (eval mode,
+  ``torch.inference_mode``, batching, device placement, optional progress bar). Training,
+  the demo and ``evaluate`` reuse it.
+* :func:`forecast` - labelled data in, CF forecast dataset out (``init_time``,
+  ``lead_time``, 2-D ``valid_time``). On Dask-backed input the result is lazy, one task per
+  init-time chunk; each task reads just the context windows it needs, and the model bundle
+  is a single graph key, so a ``dask.distributed`` cluster ships it once to each worker.
+* :func:`write_forecast` and the ``xearthformer forecast`` command - forecast a whole
+  NetCDF archive chunk by chunk into Zarr (or one NetCDF file per chunk), resumably.
+
+The labelled <-> tensor conversion is :mod:`xearthformer.layout`'s; CF naming is
+:mod:`xearthformer.cf`'s.
+
+>>> fc = forecast(sst, model, init=slice("2009", "2010"))            # doctest: +SKIP
+>>> y = predict_tensor(model, x, batch_size=8)                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from . import cf
+from .errors import ConfigError, DataError, ModelTypeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .checkpoint import Forecaster
+
+#: default number of samples per model call
+DEFAULT_BATCH_SIZE = 16
+#: group attribute of a Zarr forecast store: [start, stop) init-time index ranges written
+DONE_ATTR = "xearthformer_done"
+
+
+# ----------------------------------------------------------------------------------------------
+# running the model
+# ----------------------------------------------------------------------------------------------
+def resolve_device(device: Any = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else -> ``torch.device(device)``.
+
+    >>> str(resolve_device("cpu"))
+    'cpu'
+    """
+    import torch
+
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _torch_module(model: Any) -> torch.nn.Module:
+    import torch
+
+    module = getattr(model, "model", model)
+    if not isinstance(module, torch.nn.Module):
+        raise ModelTypeError(
+            f"predict_tensor needs a Forecaster or a torch.nn.Module; got {type(model).__name__}."
+        )
+    return module
+
+
+def predict_tensor(
+    forecaster: Any,
+    x: np.ndarray | torch.Tensor,
+    batch_size: int | None = None,
+    device: Any = "auto",
+    progress: bool | None = False,
+) -> np.ndarray:
+    """Run the model on an (N, T_in, H, W, C_in) array; the one inference entry point.
+
+    The model runs in eval mode under ``torch.inference_mode``, ``batch_size`` samples at a
+    time, on ``device`` (the model is moved there, in place). A model that was in training
+    mode is put back into training mode afterwards.
+
+    Parameters
+    ----------
+    forecaster : Forecaster or torch.nn.Module
+        The bundle (its ``.model`` runs) or a bare network.
+    x : np.ndarray or torch.Tensor
+        Normalised inputs, float, shape (N, T_in, H, W, C_in).
+    batch_size : int, optional
+        Samples per call (default ``DEFAULT_BATCH_SIZE``).
+    device : str or torch.device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
+    progress : bool or None
+        Show a tqdm bar over batches; None shows it only on a terminal.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (N, T_out, H, W, C_out) on the CPU.
+
+    Raises
+    ------
+    ModelTypeError
+        ``forecaster`` holds no torch module.
+    ShapeError
+        From the model, when ``x`` does not fit it.
+
+    Examples
+    --------
+    >>> net = torch.nn.Identity()                                   # doctest: +SKIP
+    >>> predict_tensor(net, np.zeros((3, 2, 4, 4, 1), "f4"), batch_size=2).shape  # doctest: +SKIP
+    (3, 2, 4, 4, 1)
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    module = _torch_module(forecaster)
+    dev = resolve_device(device)
+    n = int(x.shape[0])
+    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if bs < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
+    was_training = module.training
+    module.eval()
+    module.to(dev)
+    chunks: list[np.ndarray] = []
+    try:
+        with torch.inference_mode():
+            starts = range(0, n, bs)
+            for start in tqdm(starts, total=len(starts), desc="forecast", unit="batch",
+                              disable=(None if progress is None else not progress)):
+                xb = x[start:start + bs]
+                xb = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
+                yb = module(xb.to(device=dev, dtype=torch.float32))
+                chunks.append(yb.detach().to("cpu", torch.float32).numpy())
+    finally:
+        if was_training:
+            module.train()
+    if not chunks:
+        raise DataError("predict_tensor got no samples (N = 0); expected at least one input window.")
+    return np.concatenate(chunks, axis=0)
+
+
+def _worker_threads(cores: int, nthreads: int, env: str) -> int:
+    """Torch threads for one task slot: ``OMP_NUM_THREADS`` if set, else cores / slots."""
+    if env.strip().isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, cores // max(1, nthreads))
+
+
+def _configure_worker_threads() -> None:
+    """On a dask.distributed worker, set torch's thread count once per process.
+
+    The nanny exports ``OMP_NUM_THREADS`` (1 by default) to worker processes; that value
+    wins. Without it, the cores this process may use are shared among the worker's threads,
+    so that several workers on one node do not oversubscribe it.
+    """
+    if getattr(_configure_worker_threads, "done", False) or "distributed" not in sys.modules:
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(_worker_threads(cores, worker.state.nthreads,
+                                          os.environ.get("OMP_NUM_THREADS", "")))
+    _configure_worker_threads.done = True  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------------------------
+# labelled forecasts
+# ----------------------------------------------------------------------------------------------
+def check_forecaster(model: Any) -> Forecaster:
+    """Return ``model`` if it is a :class:`~xearthformer.Forecaster`, else raise a
+    :class:`~xearthformer.errors.ModelTypeError` that says how to get one."""
+    from .checkpoint import Forecaster
+
+    if isinstance(model, Forecaster):
+        return model
+    try:
+        import torch
+
+        is_module = isinstance(model, torch.nn.Module)
+    except ImportError:  # pragma: no cover
+        is_module = False
+    if is_module:
+        raise ModelTypeError(
+            f"got a bare torch module ({type(model).__name__}); forecasting labelled data needs "
+            "a xearthformer.Forecaster, which also knows the variables, normalisation, grid and "
+            "time step. Wrap it: xearthformer.Forecaster(model, spec) with spec from "
+            "xearthformer.layout.fit_spec(...), or load a bundle: xearthformer.load('model.xef'). "
+            "For raw tensors use xearthformer.forecast.predict_tensor(model, x)."
+        )
+    raise ModelTypeError(
+        f"expected a xearthformer.Forecaster, got {type(model).__name__}. Train one with "
+        "xearthformer.train(...) or load one with xearthformer.load('model.xef')."
+    )
+
+
+def _n_leads(lead: int | None, forecaster: Forecaster) -> int:
+    if lead is None:
+        return int(forecaster.lead)
+    if isinstance(lead, (bool, np.bool_)) or not isinstance(lead, (int, np.integer)) \
+            or not 1 <= int(lead) <= forecaster.lead:
+        raise ConfigError(
+            f"lead must be an integer number of steps from 1 to the model's {forecaster.lead}; "
+            f"got {lead!r}. Pass lead=None for all of them."
+        )
+    return int(lead)
+
+
+def _is_lazy(obj: xr.Dataset | xr.DataArray, names: Sequence[Hashable]) -> bool:
+    if isinstance(obj, xr.DataArray):
+        return obj.chunks is not None
+    return any(obj[n].chunks is not None for n in names if n in obj.data_vars)
+
+
+def forecast(
+    obj: xr.Dataset | xr.DataArray,
+    model: Forecaster,
+    init: Any = None,
+    lead: int | None = None,
+    batch_size: int | None = None,
+    device: Any = "auto",
+    *,
+    chunk: int | None = None,
+    progress: bool | None = None,
+    source: str | None = None,
+) -> xr.Dataset:
+    """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
+
+    Parameters
+    ----------
+    obj : xr.Dataset or xr.DataArray
+        Data with the model's variables, grid and time step (any CF names).
+    model : Forecaster
+        A trained bundle; a bare ``nn.Module`` raises :class:`ModelTypeError`.
+    init : None, str, slice, datetime-like or sequence
+        Init times (time of the last context step): None for every possible one, a label
+        slice such as ``slice("2009", "2010")``, or a list of times.
+    lead : int, optional
+        Number of lead steps to keep, 1 to the model's (default all).
+    batch_size : int, optional
+        Samples per model call (default ``DEFAULT_BATCH_SIZE``).
+    device : str or torch.device
+        ``"auto"`` uses CUDA when available (on each Dask worker: that worker's device).
+    chunk : int, optional
+        Lazy input only: init times per output chunk. Default: one output chunk per input
+        time chunk (each task then reads its own chunk plus the context tail of the one
+        before).
+    progress : bool or None
+        Eager runs: progress bar over batches (None: on a terminal). Lazy runs report
+        through Dask's diagnostics (``dask.diagnostics.ProgressBar``, the dashboard).
+    source : str, optional
+        Global ``source`` attribute (default names xearthformer and its version).
+
+    Returns
+    -------
+    xr.Dataset
+        CF-1.8 forecast (see :func:`xearthformer.cf.to_cf`): one variable per target, dims
+        ``(init_time, lead_time, ..., y, x)``, 2-D ``valid_time``; chunked over ``init_time``
+        when ``obj`` is Dask-backed, and then nothing is computed until asked.
+
+    Raises
+    ------
+    ModelTypeError
+        ``model`` is not a Forecaster.
+    ConfigError
+        ``lead`` out of range.
+    DataError
+        From :mod:`xearthformer.layout` (missing variables, wrong grid or step, no context).
+
+    Examples
+    --------
+    >>> fc = forecast(sst, model, init=slice("2009", "2010"))        # doctest: +SKIP
+    >>> fc = sst.chunk(time=24).earthformer.forecast(model)         # lazy  # doctest: +SKIP
+    """
+    from . import layout
+
+    fc = check_forecaster(model)
+    n_lead = _n_leads(lead, fc)
+    inits = layout.init_times(obj, fc.spec, init)
+    if len(inits) == 0:
+        raise DataError(f"no init time selected by init={init!r}; expected at least one.")
+    if _is_lazy(obj, fc.spec.variables):
+        out = _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk)
+    else:
+        x = layout.encode_inputs(obj, fc.spec, inits)
+        y = predict_tensor(fc, x, batch_size=batch_size, device=device, progress=progress)
+        out = layout.decode(y[:, :n_lead], fc.spec, inits, lead=n_lead, like=obj)
+    return cf.to_cf(out, source=source, like=obj,
+                    history=f"forecast with xearthformer.forecast (lead {n_lead} steps of {fc.spec.step})")
+
+
+# -- the lazy path -----------------------------------------------------------------------------
+def _time_dim(obj: xr.Dataset | xr.DataArray) -> str:
+    from . import layout
+
+    name = layout.find_axes(obj).time
+    if name is None:  # pragma: no cover - init_times already required a time axis
+        raise DataError(f"no time axis found among dims {list(obj.dims)}.")
+    return name
+
+
+def _init_groups(obj: xr.Dataset | xr.DataArray, time_dim: str, inits: np.ndarray,
+                 chunk: int | None) -> list[np.ndarray]:
+    """Split ``inits`` into output chunks: ``chunk`` at a time, or by input time chunk."""
+    if chunk is not None:
+        if int(chunk) < 1:
+            raise ConfigError(f"chunk must be a positive number of init times, got {chunk}.")
+        return [inits[i:i + int(chunk)] for i in range(0, len(inits), int(chunk))]
+    sizes = obj.chunksizes.get(time_dim) if isinstance(obj, xr.Dataset) else \
+        dict(zip(obj.dims, obj.chunks or ())).get(time_dim)
+    if not sizes:
+        return [inits]
+    positions = obj.indexes[time_dim].get_indexer(inits)
+    block = np.searchsorted(np.cumsum(sizes), positions, side="right")
+    return [inits[block == b] for b in np.unique(block)]
+
+
+def _split_lazy(window: xr.Dataset) -> tuple[xr.Dataset, dict[Hashable, Any]]:
+    """``window`` without its Dask-backed variables, and those variables' Dask arrays.
+
+    Handing the arrays (not the Dataset) to ``dask.delayed`` makes the task depend on just
+    their chunks: a Dataset would be embedded in the task as a whole sub-graph.
+    """
+    import dask.array as da
+
+    lazy = {name: var.data for name, var in window.variables.items() if isinstance(var.data, da.Array)}
+    return window.drop_vars(list(lazy)), lazy
+
+
+def _join_lazy(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
+               layout_of: dict[Hashable, tuple[tuple[Hashable, ...], dict[str, Any], bool]]) -> xr.Dataset:
+    """Inverse of :func:`_split_lazy` once the arrays are loaded."""
+    data = skeleton.copy()
+    coords = []
+    for name, values in arrays.items():
+        dims, attrs, is_coord = layout_of[name]
+        data[name] = xr.Variable(dims, values, attrs)
+        if is_coord:
+            coords.append(name)
+    return data.set_coords(coords)
+
+
+def _predict_chunk(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
+                   layout_of: dict[Hashable, Any], forecaster: Forecaster, inits: np.ndarray,
+                   n_lead: int, batch_size: int | None, device: Any,
+                   dims: dict[Hashable, tuple[Hashable, ...]]) -> dict[Hashable, np.ndarray]:
+    """One Dask task: the context windows of ``inits`` (already loaded) -> decoded values."""
+    from . import layout
+
+    _configure_worker_threads()
+    data = _join_lazy(skeleton, arrays, layout_of)
+    x = layout.encode_inputs(data, forecaster.spec, inits)
+    y = predict_tensor(forecaster, x, batch_size=batch_size, device=device)
+    out = layout.decode(y[:, :n_lead], forecaster.spec, inits, lead=n_lead, like=data)
+    return {name: np.asarray(out[name].transpose(*d).values) for name, d in dims.items()}
+
+
+def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
+                   batch_size: int | None, device: Any, chunk: int | None) -> xr.Dataset:
+    import dask
+    import dask.array as da
+
+    from . import layout
+
+    spec = fc.spec
+    if isinstance(obj, xr.DataArray):
+        name = spec.variables[0] if len(spec.variables) == 1 else obj.name
+        obj = obj.to_dataset(name=name)
+    time_dim = _time_dim(obj)
+    data = obj[spec.variables]
+    # structure (names, dims, coords, attrs) from one init decoded from zeros
+    n_samples = int(np.prod([v.size for v in layout.sample_dims(data, spec).values()] or [1]))
+    zeros = np.zeros((n_samples, n_lead, *spec.grid.shape, spec.n_targets), np.float32)
+    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data)
+    dims = {name: template[name].dims for name in template.data_vars}
+
+    token = uuid.uuid4().hex
+    # one graph key holds the bundle: distributed sends it to each worker once
+    bundle = dask.delayed(fc, name=f"xearthformer-bundle-{token}")
+    groups = _init_groups(data, time_dim, inits, chunk)
+    parts: dict[Hashable, list[Any]] = {name: [] for name in dims}
+    for i, group in enumerate(groups):
+        window = data.isel({time_dim: layout.required_time_slice(data, spec, group)})
+        skeleton, arrays = _split_lazy(window)
+        layout_of = {n: (window[n].dims, dict(window[n].attrs), n in window.coords) for n in arrays}
+        task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
+                                            batch_size, device, dims,
+                                            dask_key_name=f"xearthformer-forecast-{token}-{i}")
+        for name, d in dims.items():
+            shape = tuple(len(group) if dim == "init_time" else template.sizes[dim] for dim in d)
+            parts[name].append(da.from_delayed(task[name], shape=shape, dtype=template[name].dtype,
+                                               name=f"xearthformer-{name}-{token}-{i}"))
+
+    coords = layout.time_coords(inits, spec.step, n_lead)
+    base = template.drop_vars([c for c in template.coords if "init_time" in template[c].dims])
+    out = xr.Dataset(coords=base.coords, attrs=template.attrs)
+    out = out.assign_coords(init_time=coords["init_time"])
+    for name, d in dims.items():
+        out[name] = xr.Variable(d, da.concatenate(parts[name], axis=d.index("init_time")),
+                                template[name].attrs)
+    return out.assign_coords(valid_time=coords["valid_time"])
+
+
+# ----------------------------------------------------------------------------------------------
+# resumable writing of chunked forecasts
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class WriteSummary:
+    """What :func:`write_forecast` did."""
+
+    path: str
+    inits_done: int
+    inits_skipped: int
+    chunks_done: int
+    chunks_skipped: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"{self.inits_done} init times forecast ({self.chunks_done} chunks), "
+                f"{self.inits_skipped} skipped as already done ({self.chunks_skipped} chunks), "
+                f"in {self.seconds:.1f} s -> {self.path}")
+
+
+def _for_writing(fc: xr.Dataset) -> xr.Dataset:
+    """``fc`` with Dask data variables (one chunk when eager), their zarr chunks those of
+    Dask, and coordinates loaded (the template writes them; region writes never do)."""
+    fc = fc.copy()
+    for name in fc.data_vars:
+        if fc[name].chunks is None:
+            fc[name] = fc[name].chunk()
+        for key in ("chunks", "preferred_chunks"):
+            fc[name].encoding.pop(key, None)
+    lazy = [n for n in fc.coords if fc[n].chunks is not None]
+    return fc.assign_coords({n: fc[n].compute() for n in lazy}) if lazy else fc
+
+
+def _chunk_slices(fc: xr.Dataset) -> list[slice]:
+    sizes = fc.chunksizes["init_time"]
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _format_time(t: Any) -> str:
+    if isinstance(t, np.datetime64):
+        return str(np.datetime_as_string(t, unit="s")).replace("-", "").replace(":", "")
+    return t.strftime("%Y%m%dT%H%M%S")
+
+
+def _data_only(piece: xr.Dataset) -> xr.Dataset:
+    """Data variables of a region write (coordinates are in the template already)."""
+    return piece.drop_vars(list(piece.coords)).reset_coords(drop=True)
+
+
+@contextlib.contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Silence zarr's note that consolidated metadata is not yet in the v3 spec (xarray
+    writes it by default and reads it first)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        yield
+
+
+def _zarr_attrs(path: str) -> dict[str, Any]:
+    import zarr
+
+    return dict(zarr.open_group(path, mode="r").attrs)
+
+
+def _mark_done(path: str, done: list[list[int]]) -> None:
+    import zarr
+
+    zarr.open_group(path, mode="r+").attrs[DONE_ATTR] = sorted(done)
+
+
+def _check_store(path: str, fc: xr.Dataset) -> list[list[int]]:
+    """Validate an existing store against ``fc``; return its done ranges."""
+    attrs = _zarr_attrs(path)
+    if DONE_ATTR not in attrs:
+        raise DataError(
+            f"{path} exists but is not an xearthformer forecast store (no {DONE_ATTR!r} "
+            "attribute). Choose a new --output, or pass overwrite=True / --overwrite."
+        )
+    old = xr.open_zarr(path, decode_timedelta=True)
+    same = (list(old.data_vars) == list(fc.data_vars)
+            and dict(old.sizes) == dict(fc.sizes)
+            and np.array_equal(old["init_time"].values, fc["init_time"].values)
+            and np.array_equal(old["lead_time"].values, fc["lead_time"].values))
+    if same:
+        same = all(old[v].encoding.get("chunks", (None,))[old[v].dims.index("init_time")]
+                   == fc.chunksizes["init_time"][0] for v in fc.data_vars)
+    if not same:
+        raise DataError(
+            f"{path} holds a different forecast (variables {list(old.data_vars)}, sizes "
+            f"{dict(old.sizes)}) than the one requested ({list(fc.data_vars)}, {dict(fc.sizes)}, "
+            "or a different init-time chunking). Resume with the same --input/--init/--lead/"
+            "--chunk, or choose a new --output / --overwrite."
+        )
+    return [list(map(int, r)) for r in attrs[DONE_ATTR]]
+
+
+def _remove_partials(path: str) -> None:
+    """Delete temporary files a killed writer left behind (zarr and we write ``*.partial``
+    files and rename them into place, so these are never part of the data)."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial") or ".partial-" in name:
+                os.remove(os.path.join(root, name))
+
+
+def _create_store(path: str, fc: xr.Dataset) -> None:
+    """Write metadata + coordinates to a temporary store, then rename it into place, so a
+    kill during creation never leaves a half-made store at ``path``."""
+    sizes = fc.chunksizes["init_time"]
+    if len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]:
+        raise DataError(
+            f"Zarr needs regular init-time chunks; got sizes {sizes}. Forecast with "
+            "chunk=N (CLI: --chunk N)."
+        )
+    tmp = f"{path.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
+    template = fc.copy()
+    template.attrs[DONE_ATTR] = []
+    with _quiet_zarr():
+        template.to_zarr(tmp, mode="w-", compute=False)
+    os.replace(tmp, path)
+
+
+def _compute_pieces(pieces: dict[int, xr.Dataset], client: Any) -> Iterable[tuple[int, xr.Dataset]]:
+    """Yield (index, computed piece) as pieces finish: on ``client`` all at once (one graph,
+    so the bundle travels once per worker), else one after the other."""
+    if client is None:
+        for i, piece in pieces.items():
+            yield i, piece.compute()
+        return
+    from distributed import as_completed
+
+    order = list(pieces)
+    futures = client.compute([pieces[i] for i in order])
+    index = {f.key: i for f, i in zip(futures, order)}
+    for future in as_completed(futures):
+        result = future.result()
+        yield index[future.key], result
+        future.release()
+
+
+def write_forecast(
+    fc: xr.Dataset,
+    path: str | os.PathLike[str],
+    format: str = "zarr",
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    client: Any = None,
+) -> WriteSummary:
+    """Write a (lazy) forecast init-time chunk by init-time chunk, resumably.
+
+    Zarr: a template store (metadata + coordinates) is created first, then every chunk is
+    computed and written into its region; only after its data is written is the chunk
+    recorded in the store's ``xearthformer_done`` attribute. Killed and restarted with the
+    same forecast, chunks already recorded are skipped; a chunk interrupted mid-write is
+    simply redone, so the final data are identical to an uninterrupted run.
+    NetCDF: ``path`` is a directory with one file per chunk, written to a temporary name and
+    renamed into place (atomic), so a file that exists is complete.
+
+    Parameters
+    ----------
+    fc : xr.Dataset
+        A forecast from :func:`forecast`, normally lazy; its ``init_time`` chunks are the
+        units of work (regular chunks for Zarr).
+    path : path-like
+        Zarr store, or directory for NetCDF files (local file system).
+    format : {"zarr", "netcdf"}
+    overwrite : bool
+        Delete an existing store/directory first instead of resuming it.
+    progress : bool or None
+        tqdm bar over chunks (None: on a terminal).
+    client : distributed.Client, optional
+        Compute chunks on this cluster, all submitted at once.
+
+    Returns
+    -------
+    WriteSummary
+
+    Raises
+    ------
+    DataError
+        An existing store holds a different forecast, or irregular chunks for Zarr.
+
+    Examples
+    --------
+    >>> fc = forecast(archive, model, chunk=8)                      # lazy  # doctest: +SKIP
+    >>> print(write_forecast(fc, "out.zarr"))                       # doctest: +SKIP
+    120 init times forecast (15 chunks), 0 skipped ... -> out.zarr
+    """
+    import glob
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    if format not in ("zarr", "netcdf"):
+        raise ConfigError(f"format must be 'zarr' or 'netcdf', got {format!r}.")
+    path = os.fspath(path)
+    t0 = time.perf_counter()
+    if overwrite and os.path.exists(path):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    fc = _for_writing(fc)
+    slices = _chunk_slices(fc)
+
+    if format == "zarr":
+        for stale in glob.glob(glob.escape(path.rstrip("/")) + ".partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)       # a template a kill interrupted
+        if not os.path.exists(path):
+            _create_store(path, fc)
+        done = _check_store(path, fc)
+        _remove_partials(path)
+        finished = {(r[0], r[1]) for r in done}
+        pending = [i for i, s in enumerate(slices) if (s.start, s.stop) not in finished]
+    else:
+        os.makedirs(path, exist_ok=True)
+        _remove_partials(path)
+        names = [os.path.join(path, f"forecast_{_format_time(fc['init_time'].values[s.start])}.nc")
+                 for s in slices]
+        pending = [i for i, name in enumerate(names) if not os.path.exists(name)]
+
+    skipped = len(slices) - len(pending)
+    pieces = {i: fc.isel(init_time=slices[i]) for i in pending}
+    bar = tqdm(total=len(slices), initial=skipped, unit="chunk", desc="forecast",
+               disable=(None if progress is None else not progress))
+    try:
+        for i, piece in _compute_pieces(pieces, client):
+            if format == "zarr":
+                with _quiet_zarr():
+                    _data_only(piece).to_zarr(path, region={"init_time": slices[i]}, mode="r+")
+                done.append([slices[i].start, slices[i].stop])
+                _mark_done(path, done)
+            else:
+                tmp = f"{names[i][:-3]}.partial-{uuid.uuid4().hex[:8]}.nc"
+                piece.to_netcdf(tmp)
+                os.replace(tmp, names[i])
+            bar.update(1)
+    finally:
+        bar.close()
+    n_done = sum(slices[i].stop - slices[i].start for i in pending)
+    return WriteSummary(path=path, inits_done=n_done, inits_skipped=fc.sizes["init_time"] - n_done,
+                        chunks_done=len(pending), chunks_skipped=skipped,
+                        seconds=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def _parse_init(text: str | None) -> Any:
+    """``"2009"`` -> label; ``"2009..2010"`` or ``"2009:2010"`` -> slice; ``"a,b"`` -> list.
+
+    >>> _parse_init("2009-01..2010-12")
+    slice('2009-01', '2010-12', None)
+    """
+    if text is None:
+        return None
+    if "," in text:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    if ".." in text:
+        start, stop = text.split("..", 1)
+        return slice(start or None, stop or None)
+    if text.count(":") == 1 and "T" not in text and " " not in text:
+        start, stop = text.split(":", 1)
+        return slice(start or None, stop or None)
+    return text
+
+
+def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xearthformer forecast``."""
+    parser.add_argument("--model", required=True, help="model bundle (.xef)")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="NetCDF/Zarr archive: glob pattern(s) or paths, opened lazily")
+    parser.add_argument("--output", required=True,
+                        help="Zarr store, or directory of NetCDF files with --format netcdf")
+    parser.add_argument("--format", choices=("zarr", "netcdf"), default="zarr",
+                        help="zarr (default): one store; netcdf: OUTPUT is a directory with one "
+                             "file per init-time chunk")
+    parser.add_argument("--init", default=None,
+                        help="init times: '2009', '2009-01..2010-12' (or 2009:2010), or a comma list")
+    parser.add_argument("--lead", type=int, default=None, help="lead steps (default: the model's)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="init times per chunk (unit of work and of resuming; default: "
+                             "the input's time chunk)")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples per model call")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler")
+    group.add_argument("--workers", type=int, default=None,
+                       help="start a local Dask cluster with N worker processes")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _input_paths(patterns: Sequence[str]) -> list[str]:
+    import glob
+
+    paths: list[str] = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if not found and not glob.has_magic(pattern) and os.path.exists(pattern):
+            found = [pattern]
+        paths.extend(found)
+    if not paths:
+        raise DataError(f"--input {' '.join(patterns)} matches no file; expected NetCDF/Zarr paths.")
+    return paths
+
+
+def open_archive(paths: Sequence[str]) -> xr.Dataset:
+    """Open NetCDF files (or one Zarr store) lazily, combined along time."""
+    if len(paths) == 1 and (paths[0].rstrip("/").endswith(".zarr") or os.path.isdir(paths[0])):
+        return xr.open_zarr(paths[0])
+    return xr.open_mfdataset(paths, combine="by_coords", data_vars="minimal", coords="minimal",
+                             compat="override", join="outer")
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    """Run ``xearthformer forecast``; returns the exit code."""
+    from .checkpoint import load
+
+    model = load(args.model, device="cpu")
+    ds = open_archive(_input_paths(args.input))
+    client = cluster = None
+    if args.scheduler or args.workers:
+        from distributed import Client, LocalCluster
+
+        if args.scheduler:
+            client = Client(args.scheduler)
+        else:
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
+            client = Client(cluster)
+    try:
+        chunk = args.chunk
+        if chunk is None:
+            time_dim = _time_dim(ds)
+            sizes = ds.chunksizes.get(time_dim)
+            chunk = int(sizes[0]) if sizes else 8
+        fc = forecast(ds, model, init=_parse_init(args.init), lead=args.lead,
+                      batch_size=args.batch_size, device=args.device, chunk=chunk,
+                      source=f"xearthformer forecast with {os.path.basename(args.model)}")
+        summary = write_forecast(fc, args.output, args.format, overwrite=args.overwrite,
+                                 progress=False if args.no_progress else None, client=client)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    print(summary)
+    return 0
