@@ -16,6 +16,7 @@ import torch
 import xarray as xr
 import zarr
 
+from xearthformer import archive as A
 from xearthformer import cf, layout
 from xearthformer import forecast as F
 from xearthformer.checkpoint import Forecaster
@@ -291,15 +292,15 @@ def test_write_zarr_resumes_and_redoes_unrecorded_chunks(tmp_path, data, model):
     lazy = F.forecast(data.chunk(time=10), model, chunk=5, batch_size=5)
     eager = F.forecast(data, model, batch_size=5)
     path = str(tmp_path / "fc.zarr")
-    first = F.write_forecast(lazy, path, progress=False)
+    first = A.write_forecast(lazy, path, progress=False)
     assert (first.inits_done, first.chunks_done, first.chunks_skipped) == (27, 6, 0)
-    done = zarr.open_group(path).attrs[F.DONE_ATTR]
+    done = zarr.open_group(path).attrs[A.DONE_ATTR]
     assert sorted(map(tuple, done)) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 25), (25, 27)]
     reference = {v: np.array(zarr.open_group(path)[v]) for v in ("t2m", "valid_time", "init_time")}
     # simulate a kill: chunk 2 written only halfway (garbage) and never recorded
     zarr.open_group(path, mode="r+")["t2m"][10:12] = -999.0
-    zarr.open_group(path, mode="r+").attrs[F.DONE_ATTR] = [d for d in done if d != [10, 15]]
-    again = F.write_forecast(lazy, path, progress=False)
+    zarr.open_group(path, mode="r+").attrs[A.DONE_ATTR] = [d for d in done if d != [10, 15]]
+    again = A.write_forecast(lazy, path, progress=False)
     assert (again.inits_done, again.chunks_done, again.chunks_skipped) == (5, 1, 5)
     for v, values in reference.items():
         np.testing.assert_array_equal(np.array(zarr.open_group(path)[v]), values)
@@ -311,18 +312,18 @@ def test_write_zarr_resumes_and_redoes_unrecorded_chunks(tmp_path, data, model):
 
 def test_write_zarr_refuses_a_different_forecast(tmp_path, data, model):
     path = str(tmp_path / "fc.zarr")
-    F.write_forecast(F.forecast(data.chunk(time=10), model, chunk=5), path, progress=False)
+    A.write_forecast(F.forecast(data.chunk(time=10), model, chunk=5), path, progress=False)
     other = F.forecast(data.chunk(time=10), model, chunk=5, lead=2)
     with pytest.raises(DataError, match="different forecast"):
-        F.write_forecast(other, path, progress=False)
-    assert F.write_forecast(other, path, progress=False, overwrite=True).inits_done == 27
+        A.write_forecast(other, path, progress=False)
+    assert A.write_forecast(other, path, progress=False, overwrite=True).inits_done == 27
     os.makedirs(tmp_path / "plain.zarr")
     xr.Dataset({"a": ("x", [1])}).to_zarr(tmp_path / "plain.zarr", mode="w")
     with pytest.raises(DataError, match="not an xearthformer forecast store"):
-        F.write_forecast(other, str(tmp_path / "plain.zarr"), progress=False)
+        A.write_forecast(other, str(tmp_path / "plain.zarr"), progress=False)
     irregular = F.forecast(data.chunk(time=(6, 10, 14)), model)
     with pytest.raises(DataError, match="regular"):
-        F.write_forecast(irregular, str(tmp_path / "irregular.zarr"), progress=False)
+        A.write_forecast(irregular, str(tmp_path / "irregular.zarr"), progress=False)
     assert not os.path.exists(tmp_path / "irregular.zarr")
 
 
@@ -331,13 +332,13 @@ def test_write_netcdf_one_file_per_chunk(tmp_path, data, model):
 
     lazy = F.forecast(data.chunk(time=10), model, chunk=10)
     out = tmp_path / "nc"
-    summary = F.write_forecast(lazy, out, "netcdf", progress=False)
+    summary = A.write_forecast(lazy, out, "netcdf", progress=False)
     files = sorted(os.listdir(out))
     assert summary.chunks_done == 3 and files == [
         "forecast_20000101T180000.nc", "forecast_20000104T060000.nc", "forecast_20000106T180000.nc"]
     os.remove(out / files[1])
     (out / "forecast_20000104T060000.partial-0123abcd.nc").write_bytes(b"half a file")  # a kill
-    assert F.write_forecast(lazy, out, "netcdf", progress=False).chunks_done == 1
+    assert A.write_forecast(lazy, out, "netcdf", progress=False).chunks_done == 1
     assert sorted(os.listdir(out)) == files
     assert cf_errors(str(out / files[0])) == []
     back = xr.open_mfdataset(sorted(str(p) for p in out.iterdir()), decode_timedelta=True).load()

@@ -14,6 +14,7 @@ import xarray as xr
 import zarr
 
 from xearthformer import cf, checkpoint, cli
+from xearthformer import archive as A
 from xearthformer import forecast as F
 
 from tests.test_forecast import make_data, make_forecaster
@@ -41,7 +42,7 @@ def run_cli(*args: str) -> subprocess.Popen:
 
 def done_ranges(store) -> list:
     try:
-        return list(zarr.open_group(str(store), mode="r").attrs.get(F.DONE_ATTR, []))
+        return list(zarr.open_group(str(store), mode="r").attrs.get(A.DONE_ATTR, []))
     except Exception:  # the store does not exist yet
         return []
 
