@@ -408,18 +408,3 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
         out[name] = xr.Variable(d, da.concatenate(parts[name], axis=d.index("init_time")),
                                 template[name].attrs)
     return out.assign_coords(valid_time=coords["valid_time"])
-
-
-# Transitional: xearthformer/training.py still imports these two from here; they now live in
-# :mod:`xearthformer.archive`. Resolved on first access (PEP 562), so importing this module
-# never imports archive (which imports this module). Remove once training.py imports
-# ``input_paths``/``open_archive`` from ``.archive``.
-_MOVED_TO_ARCHIVE = {"_input_paths": "input_paths", "open_archive": "open_archive"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_ARCHIVE:
-        from . import archive
-
-        return getattr(archive, _MOVED_TO_ARCHIVE[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

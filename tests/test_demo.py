@@ -1,0 +1,118 @@
+"""The demo, reduced (--quick): files, CF compliance, and baseline scores checked by brute force."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xearthformer.cli import main
+from xearthformer.data.samples import open_ostia, ostia_path
+from xearthformer.demo import load_sst
+from xearthformer.demo_storms import SIZE, run_storms
+from xearthformer.errors import DataError
+
+
+def cf_errors(path: str) -> list[str]:
+    """High-priority messages of compliance-checker's cf:1.8 suite (its Python API)."""
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ComplianceChecker.run_checker(path, ["cf:1.8"], 0, "lenient", output_filename=report,
+                                          output_format="json")
+        with open(report) as f:
+            result = next(iter(json.load(f).values()))
+    return [f"{item['name']}: {msg}" for item in result["high_priorities"]
+            if item["value"][0] < item["value"][1] for msg in item["msgs"] or ["failed"]]
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_ostia_sample_is_found_and_cleaned():
+    ds = open_ostia()
+    assert ostia_path().name == "ostia_monthly.nc"
+    sst = ds.surface_temperature
+    assert sst.dims == ("time", "latitude", "longitude") and sst.shape == (54, 18, 432)
+    assert "forecast_period" not in ds.variables and "forecast_reference_time" not in ds.variables
+    assert sst.isel(time=0).isnull().any()  # land is NaN
+    assert "forecast_period" in open_ostia(keep_iris_coords=True).variables
+
+
+def test_missing_sample_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "iris_sample_data", None)  # makes the import fail
+    with pytest.raises(DataError, match="pip install iris-sample-data"):
+        ostia_path()
+
+
+def test_quick_sst_demo_writes_cf_forecasts_and_honest_scores(tmp_path, capsys):
+    assert main(["demo", "--quick", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("sst_forecast.nc", "sst_maps.png", "nino34.png", "skill.md", "sst_model.xef",
+                 "checkpoints/loss_curve.png"):
+        assert (tmp_path / name).is_file(), name
+    assert cf_errors(str(tmp_path / "sst_forecast.nc")) == []
+    fc = xr.open_dataset(tmp_path / "sst_forecast.nc")
+    assert fc.sizes["init_time"] == 12 and fc.sizes["lead_time"] == 6
+    assert fc.init_time.attrs["standard_name"] == "forecast_reference_time"
+    assert fc.surface_temperature.attrs["units"] == "K"
+    rows = parse_table((tmp_path / "skill.md").read_text())
+    assert [int(r["lead (months)"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["n"]) for r in rows] == [12, 11, 10, 9, 8, 7]
+    assert "| 1 | 12 |" in printed and "CPU cores" in printed
+    # persistence RMSE by brute force: numpy, cos(lat) weights, ocean points, held-out year
+    sst = load_sst().surface_temperature.values.astype(np.float64)
+    lat = load_sst().latitude.values.astype(np.float64)
+    w = np.broadcast_to(np.cos(np.deg2rad(lat))[:, None], sst.shape[1:])
+    for lead in (1, 6):
+        num = den = 0.0
+        for init in range(41, 53):  # init months 2009-09 .. 2010-08
+            if init + lead > 53:
+                continue
+            err = sst[init] - sst[init + lead]
+            ok = np.isfinite(err)
+            num += (w[ok] * err[ok] ** 2).sum()
+            den += w[ok].sum()
+        want = np.sqrt(num / den)
+        assert float(rows[lead - 1]["RMSE persistence (K)"]) == pytest.approx(want, abs=1.5e-3)
+    acc = [r["ACC climatology"] for r in rows]
+    assert acc == ["n/a"] * 6  # a zero-anomaly forecast has no anomaly correlation
+
+
+def test_quick_storms_demo_reports_csi(tmp_path, capsys):
+    result = run_storms(tmp_path, quick=True)
+    printed = capsys.readouterr().out
+    assert "CSI-219" in printed and "CSI-M" in printed
+    for name in ("storms_forecast.nc", "storms_frames.png", "storms_skill.md"):
+        assert (tmp_path / name).is_file(), name
+    rows = {r["forecast"]: r for r in result["rows"]}
+    assert set(rows) == {"earthformer", "persistence"}
+    # persistence CSI at 74 by brute force on the same inits/leads
+    fc = xr.open_dataset(tmp_path / "storms_forecast.nc")
+    from xearthformer.data.storms import storms
+
+    obs = storms(n_times=96, size=SIZE, seed=0).vil
+    hits = misses = false = 0
+    for init in fc.init_time.values:
+        last = obs.sel(time=init).values >= 74
+        for lead in fc.lead_time.values:
+            o = obs.sel(time=init + lead).values >= 74
+            hits += np.sum(last & o)
+            misses += np.sum(~last & o)
+            false += np.sum(last & ~o)
+    assert rows["persistence"]["csi_74"] == pytest.approx(hits / (hits + misses + false), abs=1e-3)
+    assert 0 <= rows["earthformer"]["csi_m"] <= 1

@@ -1,0 +1,728 @@
+"""The training loop on tensors: AdamW, warm-up + cosine, clipping, AMP, early stopping, resume, DDP.
+
+This module knows nothing about xarray: it trains any ``torch.nn.Module`` on a
+:class:`WindowSource` (anything with ``len()`` and ``get(indices) -> (x, y, mask)``).
+:mod:`xearthformer.training` builds the sources from labelled data.
+
+Reproducibility: the shuffling order and the torch random state (dropout) of epoch ``e``
+are derived from ``(seed, e)`` only, and the learning rate is a pure function of the step,
+so resuming from the end-of-epoch checkpoint ``last.pt`` continues exactly as an
+uninterrupted run would.
+
+Distributed: when ``torch.distributed`` is initialised with several processes, every
+global batch is split between the ranks and the model is wrapped in
+``DistributedDataParallel``. The loss of a rank is its share of the *global* masked,
+weighted mean, so the gradient is that of one process seeing the whole global batch.
+
+>>> from xearthformer.training_loop import TrainConfig, TensorSource, fit
+>>> src = TensorSource(x, y)                                       # doctest: +SKIP
+>>> result = fit(model, src, None, TrainConfig(epochs=3, batch_size=4))   # doctest: +SKIP
+>>> result.history["train_loss"]                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, ShapeError
+
+#: file names inside ``checkpoint_dir``
+LAST_STATE = "last.pt"
+BEST_STATE = "best.pt"
+LOSS_CURVE = "loss_curve.png"
+STATE_VERSION = 1
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration and data sources
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of :func:`fit`.
+
+    Attributes
+    ----------
+    epochs : int
+        Number of passes over the training windows.
+    batch_size : int
+        Global batch size (split over the processes under DDP).
+    lr : float
+        Peak learning rate of AdamW.
+    weight_decay : float
+        AdamW weight decay.
+    warmup : float
+        Fraction of all steps with a linear warm-up from ``lr * min_lr_ratio`` to ``lr``.
+    min_lr_ratio : float
+        The cosine decay ends at ``lr * min_lr_ratio``.
+    clip_grad : float or None
+        Max global gradient norm (None: no clipping).
+    precision : str
+        ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU, where emulated bf16 is ~9x slower),
+        ``"bf16"``, ``"fp16"`` (CUDA, with a gradient scaler) or ``"fp32"``.
+    activation_checkpointing : bool
+        Recompute activations in the backward pass (less memory, ~30% more compute).
+    patience : int or None
+        Early stopping: stop after this many epochs without a lower validation loss.
+    seed : int
+        Seed of initialisation-independent randomness (shuffling, dropout).
+    steps_per_epoch : int or None
+        Cap on optimizer steps per epoch (a random subset of windows each epoch).
+    progress : bool or None
+        Show tqdm progress bars (None: only on a terminal).
+
+    Examples
+    --------
+    >>> TrainConfig(epochs=2, batch_size=4).lr
+    0.001
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup: float = 0.1
+    min_lr_ratio: float = 0.01
+    clip_grad: float | None = 1.0
+    precision: str = "auto"
+    activation_checkpointing: bool = False
+    patience: int | None = None
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got epochs={self.epochs}, "
+                              f"batch_size={self.batch_size}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is unknown; expected one of {PRECISIONS}.")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"warmup is a fraction of all steps in [0, 1), got {self.warmup}.")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 or None, got {self.patience}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the settings."""
+        return dataclasses.asdict(self)
+
+
+class WindowSource(Protocol):
+    """Training windows addressed by integer index.
+
+    ``get(indices)`` returns ``(x, y, mask)``: float32 ``(n, T_in, H, W, C_in)``, float32
+    ``(n, T_out, H, W, C_out)`` and bool (or None for "all valid") of ``y``'s shape.
+    """
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]: ...
+
+
+class TensorSource:
+    """A :class:`WindowSource` over in-memory arrays.
+
+    Parameters
+    ----------
+    x, y : array-like
+        ``(N, T_in, H, W, C_in)`` inputs and ``(N, T_out, H, W, C_out)`` targets.
+    mask : array-like, optional
+        bool like ``y``: True where the target is observed.
+
+    Examples
+    --------
+    >>> src = TensorSource(np.zeros((3, 2, 4, 4, 1)), np.zeros((3, 1, 4, 4, 1)))
+    >>> len(src), src.get(np.array([0, 2]))[0].shape
+    (3, (2, 2, 4, 4, 1))
+    """
+
+    def __init__(self, x: Any, y: Any, mask: Any = None) -> None:
+        self.x = np.asarray(x, dtype=np.float32)
+        self.y = np.asarray(y, dtype=np.float32)
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if self.x.ndim != 5 or self.y.ndim != 5 or len(self.x) != len(self.y):
+            raise ShapeError(f"TensorSource needs x (N, T, H, W, C) and y (N, T', H, W, C') with the "
+                             f"same N; got x {self.x.shape}, y {self.y.shape}.")
+        if self.mask is not None and self.mask.shape != self.y.shape:
+            raise ShapeError(f"mask shape {self.mask.shape} differs from y shape {self.y.shape}; "
+                             "pass a bool mask shaped like y.")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        m = None if self.mask is None else self.mask[indices]
+        return self.x[indices], self.y[indices], m
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The trained model (unwrapped from DDP), holding the best weights when a validation
+        source was given, else the last.
+    history : dict
+        ``step_loss``, ``lr`` (per step), ``train_loss``, ``val_loss``, ``epoch_seconds``
+        (per epoch; val_loss is NaN without validation).
+    best_epoch : int or None
+        1-based epoch with the lowest validation loss.
+    stopped_early : bool
+        True when early stopping ended the run.
+    """
+
+    model: nn.Module
+    history: dict[str, list[float]]
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# small pure helpers (tested directly)
+# ----------------------------------------------------------------------------------------------
+def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine decay.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(lr=1.0, warmup=0.4, min_lr_ratio=0.0)
+    >>> [round(lr_at(s, 5, cfg), 3) for s in range(5)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    peak, floor = config.lr, config.lr * config.min_lr_ratio
+    warm = int(round(config.warmup * total_steps))
+    if step < warm:
+        return floor + (peak - floor) * (step + 1) / warm
+    decay = max(1, total_steps - warm - 1)
+    progress = min(1.0, (step - warm) / decay)
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def masked_loss_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                      weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of weighted squared errors and the sum of weights, over valid points only.
+
+    The loss is ``sum / denominator``. Keeping both terms lets distributed processes
+    combine them into the exact global mean.
+
+    Parameters
+    ----------
+    pred, target : Tensor
+        ``(N, T, H, W, C)``.
+    mask : Tensor or None
+        bool like ``target`` (None: all valid).
+    weights : Tensor or None
+        Broadcastable to ``target`` (e.g. ``(H, W, 1)`` cos-latitude weights).
+
+    Examples
+    --------
+    >>> p, t = torch.ones(1, 1, 1, 2, 1), torch.zeros(1, 1, 1, 2, 1)
+    >>> m = torch.tensor([True, False]).view(1, 1, 1, 2, 1)
+    >>> [float(v) for v in masked_loss_terms(p, t, m, None)]
+    [1.0, 1.0]
+    """
+    if pred.shape != target.shape:
+        raise ShapeError(f"model output {tuple(pred.shape)} differs from target {tuple(target.shape)}; "
+                         "the model's target_shape must match the data's (lead, H, W, C_out).")
+    w = torch.ones_like(target) if weights is None else torch.broadcast_to(weights.to(target.dtype), target.shape)
+    if mask is not None:
+        w = w * mask.to(target.dtype)
+    # Replace masked targets first: NaN there would turn 0 * NaN into NaN gradients.
+    clean = torch.where(w > 0, target.float(), torch.zeros((), dtype=torch.float32, device=target.device))
+    err = (pred.float() - clean) ** 2
+    return (err * w).sum(), w.sum()
+
+
+def resolve_device(device: Any = "auto") -> torch.device:
+    """``"auto"`` -> this process's CUDA device (``LOCAL_RANK`` under torchrun) or the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
+
+    Examples
+    --------
+    >>> autocast_dtype("auto", torch.device("cpu")) is None
+    True
+    """
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU.")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def epoch_order(n: int, seed: int, epoch: int, steps: int | None, batch_size: int) -> np.ndarray:
+    """Shuffled window order of ``epoch``, a function of ``(seed, epoch)`` only."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if steps is not None:
+        order = order[: steps * batch_size]
+    return order
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Switch on activation checkpointing in ``model``.
+
+    A model that checkpoints itself (an Earthformer built with ``checkpoint_level`` > 0, or
+    one with ``set_activation_checkpointing``) is left to do so; otherwise each direct child
+    of the model's ``ModuleList``s is recomputed in the backward pass.
+    """
+    if hasattr(model, "set_activation_checkpointing"):
+        model.set_activation_checkpointing(True)
+        return
+    if getattr(getattr(model, "config", None), "checkpoint_level", 0):
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = 0
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            for i, child in enumerate(module):
+                if not isinstance(child, _Checkpointed):
+                    module[i] = _Checkpointed(child, checkpoint)
+                    wrapped += 1
+    if wrapped == 0:
+        raise ConfigError(f"activation checkpointing: {type(model).__name__} has no block list to "
+                          "checkpoint; pass activation_checkpointing=False.")
+
+
+class _Checkpointed(nn.Module):
+    """Recompute ``inner`` in the backward pass (only while training with gradients)."""
+
+    def __init__(self, inner: nn.Module, checkpoint: Callable[..., Any]) -> None:
+        super().__init__()
+        self.inner = inner
+        self._checkpoint = checkpoint
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.training and torch.is_grad_enabled():
+            return self._checkpoint(self.inner, *args, use_reentrant=False, **kwargs)
+        return self.inner(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# state files
+# ----------------------------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training state file (``last.pt``) written by :func:`fit`; safe (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training state at {path}; resume needs the {LAST_STATE} that "
+                                "fit() writes into checkpoint_dir.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or not a state file
+        raise CheckpointError(f"{path} is not a readable xearthformer training state ({err}); "
+                              f"expected the {LAST_STATE} written by fit().") from err
+    if not isinstance(state, dict) or state.get("format") != "xearthformer-train-state":
+        raise CheckpointError(f"{path} is not an xearthformer training state; pass the {LAST_STATE} "
+                              "file from a training run's checkpoint_dir.")
+    if state.get("version", 0) > STATE_VERSION:
+        raise CheckpointError(f"{path} has training-state version {state['version']}, newer than "
+                              f"{STATE_VERSION}; upgrade xearthformer.")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _epoch_rng(seed: int, epoch: int, device: torch.device) -> Iterator[None]:
+    """Seed torch from (seed, epoch) for this epoch without touching the caller's RNG."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.default_rng([seed, epoch, 7]).integers(2**62)))
+        yield
+
+
+def _shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
+    return np.array_split(indices, world)[rank]
+
+
+def _to_device(arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None], device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    x, y, m = arrays
+    nb = device.type == "cuda"
+    return (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device, non_blocking=nb),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(device, non_blocking=nb),
+            None if m is None else torch.from_numpy(np.ascontiguousarray(m, dtype=bool)).to(device))
+
+
+def _all_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+Augment = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", np.random.Generator],
+                   tuple[np.ndarray, np.ndarray, "np.ndarray | None"]]
+
+
+def _batches(source: WindowSource, order: np.ndarray, batch_size: int, rank: int, world: int,
+             augment: Augment | None = None, seed: int = 0, epoch: int = 0,
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, float]]:
+    """This rank's part of each global batch, loaded one batch ahead in a thread.
+
+    Yields ``(x, y, mask, scale)``; ``scale`` is 0 for a dummy sample that keeps a rank
+    without windows in the collective backward pass (the last, short batch under DDP).
+    ``augment`` gets a generator seeded by (seed, epoch, batch, rank): resumable.
+    """
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def load(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        chunk = chunks[k]
+        mine = _shard(chunk, rank, world)
+        scale = 1.0 if len(mine) else 0.0
+        x, y, m = source.get(np.sort(mine) if len(mine) else chunk[:1])
+        if augment is not None:
+            x, y, m = augment(x, y, m, np.random.default_rng([seed, epoch, k, rank]))
+        return x, y, m, scale
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(load, 0) if chunks else None
+        for k in range(len(chunks)):
+            batch = future.result()
+            if k + 1 < len(chunks):
+                future = pool.submit(load, k + 1)
+            yield batch
+
+
+def evaluate_loss(model: nn.Module, source: WindowSource, batch_size: int,
+                  weights: torch.Tensor | None = None, device: Any = "auto",
+                  precision: str = "auto") -> float:
+    """Masked, weighted MSE of ``model`` over every window of ``source`` (all ranks together).
+
+    Examples
+    --------
+    >>> evaluate_loss(model, TensorSource(x, y), batch_size=4)       # doctest: +SKIP
+    """
+    device = resolve_device(device)
+    rank, world = distributed_info()
+    amp = autocast_dtype(precision, device)
+    was_training = model.training
+    model.eval()
+    total, denom = 0.0, 0.0
+    order = np.arange(len(source))
+    with torch.no_grad():
+        for x, y, m, scale in _batches(source, order, batch_size, rank, world):
+            x, y, m = _to_device((x, y, m), device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                pred = model(x)
+            s, d = masked_loss_terms(pred, y, m, weights)
+            total += float(s) * scale
+            denom += float(d) * scale
+    model.train(was_training)
+    total, denom = _all_sum([total, denom], device, world)
+    return total / denom if denom > 0 else float("nan")
+
+
+def fit(
+    model: nn.Module,
+    train: WindowSource,
+    val: WindowSource | None = None,
+    config: TrainConfig | None = None,
+    weights: Any = None,
+    device: Any = "auto",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | bool | None = None,
+    on_epoch_end: Callable[[int, dict[str, list[float]], bool, nn.Module], bool | None] | None = None,
+    augment: Augment | None = None,
+) -> FitResult:
+    """Train ``model`` on the windows of ``train``; validate on ``val`` after every epoch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(N, T_in, H, W, C_in)`` to ``(N, T_out, H, W, C_out)``.
+    train, val : WindowSource
+        Training and (optional) validation windows.
+    config : TrainConfig
+        Optimisation settings (default ``TrainConfig()``).
+    weights : array-like, optional
+        Loss weights broadcastable to ``(T_out, H, W, C_out)``, e.g. ``(H, W, 1)`` cos(lat).
+    device : str or torch.device
+        ``"auto"``: CUDA if available (``LOCAL_RANK`` under torchrun), else CPU.
+    checkpoint_dir : path-like, optional
+        Where ``last.pt`` (full training state, every epoch), ``best.pt`` (best weights)
+        and ``loss_curve.png`` go (rank 0 writes them).
+    resume : path-like or bool, optional
+        A ``last.pt`` to continue from (True: ``checkpoint_dir/last.pt``). With the same
+        config and data the result equals that of an uninterrupted run.
+    on_epoch_end : callable, optional
+        ``f(epoch, history, is_best, model)`` after each epoch's checkpoint; returning True
+        stops training (used by :mod:`xearthformer.training` to write bundles).
+    augment : callable, optional
+        ``f(x, y, mask, rng) -> (x, y, mask)`` applied to every training batch (numpy), e.g.
+        :func:`xearthformer.training_data.roll_augment`; ``rng`` is seeded from
+        (seed, epoch, batch), so augmented runs stay reproducible and resumable.
+
+    Returns
+    -------
+    FitResult
+
+    Examples
+    --------
+    >>> res = fit(model, TensorSource(x, y), config=TrainConfig(epochs=2))   # doctest: +SKIP
+    """
+    config = config or TrainConfig()
+    device = resolve_device(device)
+    rank, world = distributed_info()
+    amp = autocast_dtype(config.precision, device)
+    if len(train) == 0:
+        raise ShapeError("no training windows; the training period must hold at least one full "
+                         "context + lead window.")
+    model = model.to(device)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    w = None if weights is None else torch.as_tensor(np.asarray(weights, np.float32), device=device)
+    optimizer = _make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    steps = math.ceil(len(train) / config.batch_size)
+    if config.steps_per_epoch is not None:
+        steps = min(steps, config.steps_per_epoch)
+    total_steps = steps * config.epochs
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    run = _Progress()
+    if resume:
+        path = (ckdir / LAST_STATE) if resume is True and ckdir is not None else Path(resume)  # type: ignore[arg-type]
+        run = _restore(path, model, optimizer, scaler, config, rank)
+
+    from tqdm.auto import tqdm
+
+    # tqdm's disable=None hides bars when not on a terminal; other ranks never show them.
+    disable = (None if config.progress is None else not config.progress) if rank == 0 else True
+    stopped = False
+    for epoch in range(run.epoch, config.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        order = epoch_order(len(train), config.seed, epoch, config.steps_per_epoch, config.batch_size)
+        losses = []
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=disable,
+                   leave=False, dynamic_ncols=True)
+        with _epoch_rng(config.seed, epoch, device):
+            for batch in _batches(train, order, config.batch_size, rank, world, augment, config.seed, epoch):
+                lr = lr_at(run.step, total_steps, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = _train_step(net, model, optimizer, scaler, batch, w, amp, device, config.clip_grad)
+                losses.append(loss)
+                run.history["step_loss"].append(loss)
+                run.history["lr"].append(lr)
+                run.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}")
+        bar.close()
+        val_loss = evaluate_loss(net, val, config.batch_size, w, device, config.precision) \
+            if val is not None and len(val) > 0 else float("nan")
+        is_best = run.end_epoch(epoch, float(np.mean(losses)), val_loss, time.perf_counter() - t0, model)
+        if rank == 0 and disable is not True:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {run.history['train_loss'][-1]:.4g}"
+                       + ("" if math.isnan(val_loss) else
+                          f", val loss {val_loss:.4g}" + (" (best)" if is_best else "")))
+        if ckdir is not None and rank == 0:
+            _save_state(ckdir, model, optimizer, scaler, run, config, is_best)
+        stop = bool(on_epoch_end(epoch + 1, run.history, is_best, model)) if on_epoch_end else False
+        if world > 1:
+            dist.barrier()
+        if config.patience is not None and run.bad >= config.patience:
+            stopped = True
+            if rank == 0:
+                tqdm.write(f"early stopping: no lower validation loss for {run.bad} epochs "
+                           f"(best {run.best:.4g} at epoch {run.best_epoch})")
+            break
+        if stop:
+            break
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    if ckdir is not None and rank == 0 and run.history["step_loss"]:
+        plot_loss_curve(run.history, ckdir / LOSS_CURVE)
+    return FitResult(model=model, history=run.history, best_epoch=run.best_epoch, stopped_early=stopped)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: everything besides model/optimizer that resuming restores."""
+
+    history: dict[str, list[float]] = field(default_factory=lambda: {
+        "step_loss": [], "lr": [], "train_loss": [], "val_loss": [], "epoch_seconds": []})
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    best: float = math.inf
+    best_epoch: int | None = None
+    bad: int = 0  # epochs since the best validation loss
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def end_epoch(self, epoch: int, train_loss: float, val_loss: float, seconds: float,
+                  model: nn.Module) -> bool:
+        """Record an epoch; returns True when its validation loss is the best so far."""
+        self.epoch = epoch + 1
+        self.history["train_loss"].append(train_loss)
+        self.history["val_loss"].append(val_loss)
+        self.history["epoch_seconds"].append(seconds)
+        if val_loss < self.best:
+            self.best, self.best_epoch, self.bad = val_loss, epoch + 1, 0
+            self.best_state = _state_dict_cpu(model)
+            return True
+        if not math.isnan(val_loss):
+            self.bad += 1
+        return False
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D parameters (norm scales, biases)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def _train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, batch: tuple[np.ndarray, np.ndarray, np.ndarray | None, float],
+                w: torch.Tensor | None, amp: torch.dtype | None, device: torch.device,
+                clip_grad: float | None) -> float:
+    """One optimizer step on this rank's share of a global batch; returns the global loss."""
+    _, world = distributed_info()
+    xb, yb, mb, scale = batch
+    x, y, m = _to_device((xb, yb, mb), device)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        pred = net(x)
+    s, d = masked_loss_terms(pred, y, m, w)
+    d_global = _all_sum([float(d) * scale], device, world)[0]
+    if d_global <= 0:
+        raise ShapeError("a training batch has no valid target point (all masked); check the "
+                         "data's land/missing mask.")
+    # DDP averages gradients over ranks: multiply by world so the sum is the global mean.
+    loss = s * scale * world / d_global
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return _all_sum([float(s.detach()) * scale], device, world)[0] / d_global
+
+
+def _save_state(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig, is_best: bool) -> None:
+    """Write ``last.pt`` (everything resuming needs) and, after a best epoch, ``best.pt``."""
+    ckdir.mkdir(parents=True, exist_ok=True)
+    state = {"format": "xearthformer-train-state", "version": STATE_VERSION,
+             "model": _state_dict_cpu(model), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+             "history": run.history, "epoch": run.epoch, "step": run.step, "best": run.best,
+             "best_epoch": run.best_epoch, "bad_epochs": run.bad, "config": config.to_dict()}
+    _atomic_save(state, ckdir / LAST_STATE)
+    if is_best:
+        _atomic_save({"format": "xearthformer-best-weights", "model": run.best_state,
+                      "epoch": run.epoch, "val_loss": run.best}, ckdir / BEST_STATE)
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, config: TrainConfig, rank: int) -> _Progress:
+    """Load ``last.pt`` (and the ``best.pt`` beside it) into the model and optimizer."""
+    state = load_state(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    run = _Progress(history={k: list(v) for k, v in state["history"].items()},
+                    epoch=int(state["epoch"]), step=int(state["step"]), best=float(state["best"]),
+                    best_epoch=state["best_epoch"], bad=int(state["bad_epochs"]))
+    if (path.parent / BEST_STATE).is_file():
+        run.best_state = torch.load(path.parent / BEST_STATE, map_location="cpu", weights_only=True)["model"]
+    ignore = ("progress",)
+    same = {k: v for k, v in state["config"].items() if k not in ignore} == \
+        {k: v for k, v in config.to_dict().items() if k not in ignore}
+    if not same and rank == 0:
+        import warnings
+
+        warnings.warn("resuming with a different TrainConfig than the checkpoint's; the run will "
+                      "not equal an uninterrupted one.", stacklevel=3)
+    return run
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    # Write then rename, so an interrupted run never leaves a half-written checkpoint.
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def plot_loss_curve(history: dict[str, list[float]], path: str | os.PathLike[str]) -> Path:
+    """Plot training loss per step (and per-epoch train/validation loss) to a PNG.
+
+    Examples
+    --------
+    >>> plot_loss_curve({"step_loss": [1.0, 0.5], "train_loss": [0.7], "val_loss": [0.8]},
+    ...                 "loss.png")                               # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(history["step_loss"]) + 1)
+    ax.plot(steps, history["step_loss"], color="0.7", lw=0.8, label="train (per step)")
+    n_ep = len(history.get("train_loss", []))
+    if n_ep:
+        per_epoch = len(steps) / n_ep
+        ends = per_epoch * np.arange(1, n_ep + 1)
+        ax.plot(ends, history["train_loss"], "o-", color="C0", label="train (epoch mean)")
+        val = np.asarray(history.get("val_loss", []), dtype=float)
+        if val.size and np.isfinite(val).any():
+            ax.plot(ends, val, "s-", color="C1", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("masked weighted MSE (normalised units)")
+    if np.all(np.asarray(history["step_loss"]) > 0):
+        ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("xearthformer training loss")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
