@@ -14,7 +14,7 @@ import xearthformer  # noqa: F401
 from xearthformer import metrics
 from xearthformer.errors import DataError
 
-from test_metrics_common import make_forecast, make_observed, observed_on_forecast
+from tests.test_metrics_common import make_forecast, make_observed, observed_on_forecast
 
 THR = [16.0, 74.0, 133.0, 160.0, 181.0, 219.0]
 

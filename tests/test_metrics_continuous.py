@@ -9,7 +9,7 @@ import xskillscore as xs
 from xearthformer import metrics
 from xearthformer.errors import DataError
 
-from test_metrics_common import make_forecast, make_observed, observed_on_forecast
+from tests.test_metrics_common import make_forecast, make_observed, observed_on_forecast
 
 
 @pytest.fixture(scope="module")

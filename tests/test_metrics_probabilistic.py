@@ -14,7 +14,7 @@ import xearthformer  # noqa: F401
 from xearthformer import metrics
 from xearthformer.errors import DataError
 
-from test_metrics_common import make_forecast, make_observed, observed_on_forecast
+from tests.test_metrics_common import make_forecast, make_observed, observed_on_forecast
 
 
 def crps_integral(members: np.ndarray, y: float) -> float:

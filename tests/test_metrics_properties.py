@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import xearthformer  # noqa: F401
 from xearthformer import metrics
 
-from test_metrics_common import make_forecast, make_observed
-from test_metrics_enso import forecast_sst, synthetic_sst
+from tests.test_metrics_common import make_forecast, make_observed
+from tests.test_metrics_enso import forecast_sst, synthetic_sst
 
 matplotlib.use("Agg")
 
