@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xearthformer.errors import ConfigError
+from xearthformer.nn import cuboid as cuboid_module
 from xearthformer.nn.cuboid import CuboidCrossAttention, CuboidSelfAttention
 from xearthformer.nn.decomposition import from_cuboids, to_cuboids
 from xearthformer.nn.patterns import (
@@ -351,3 +352,70 @@ def test_self_attention_rejects_a_wrong_channel_count():
     attn = CuboidSelfAttention(8, 2, Decomposition((2, 2, 2)))
     with pytest.raises(ValueError, match=r"\(B, T, H, W, 8\)"):
         attn(torch.randn(1, 2, 2, 2, 4))
+
+
+# ------------------------------------------------------------- the two attention code paths
+# Small cuboids on the CPU run as matmul-softmax-matmul, larger ones through the fused
+# scaled_dot_product_attention kernel (xearthformer.nn.cuboid.SMALL_CPU_SCORES). The tests
+# above exercise the first; here the same brute-force references check the fused one.
+
+class _fused_attention:
+    """Context manager: every attention call takes the fused SDPA path."""
+
+    def __enter__(self):
+        self.saved, cuboid_module.SMALL_CPU_SCORES = cuboid_module.SMALL_CPU_SCORES, 0
+
+    def __exit__(self, *exc):
+        cuboid_module.SMALL_CPU_SCORES = self.saved
+
+
+@settings(max_examples=40, deadline=None)
+@given(self_cases())
+def test_fused_self_attention_path_matches_brute_force(case):
+    grid, decomposition, options, batch, seed = case
+    attn = CuboidSelfAttention(dim=8, num_heads=2, decomposition=decomposition, **options).eval()
+    _randomise(attn, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, *grid, 8, generator=gen)
+    with _fused_attention():
+        if options["use_global_vector"]:
+            g = torch.randn(batch, 3, 8 * options.get("global_dim_ratio", 1), generator=gen)
+            out, new_g = attn(x, g)
+            ref, ref_g = reference_self(attn, x, g)
+            _close(new_g, ref_g)
+        else:
+            out, ref = attn(x), reference_self(attn, x)
+    _close(out, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cross_cases())
+def test_fused_cross_attention_path_matches_brute_force(case):
+    (t_x, t_m, h, w), decomposition, options, seed = case
+    attn = CuboidCrossAttention(8, 2, decomposition, max_temporal_relative=t_x + t_m + 1, **options).eval()
+    _randomise(attn, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x, mem = torch.randn(2, t_x, h, w, 8, generator=gen), torch.randn(2, t_m, h, w, 8, generator=gen)
+    g = torch.randn(2, 3, 8, generator=gen) if options["use_global_vector"] else None
+    with _fused_attention():
+        _close(attn(x, mem, g), reference_cross(attn, x, mem, g))
+
+
+def test_both_attention_paths_give_the_same_gradients():
+    attn = CuboidSelfAttention(8, 2, Decomposition((2, 2, 2), shift_size=(1, 1, 1)), padding_type="ignore",
+                               use_global_vector=True, use_global_self_attn=True, separate_global_qkv=True)
+    _randomise(attn, 5)
+    x, g = torch.randn(2, 3, 5, 4, 8), torch.randn(2, 2, 8)
+    grads = []
+    for fused in (False, True):
+        attn.zero_grad()
+        if fused:
+            with _fused_attention():
+                out, new_g = attn(x, g)
+        else:
+            out, new_g = attn(x, g)
+        (out.square().sum() + new_g.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in attn.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert grads[0]["relative_position_bias_table"].abs().sum() > 0

@@ -215,3 +215,36 @@ def test_decoder_cuboids_come_from_the_encoder_shapes():
     sevir = Earthformer.from_preset("sevir")  # 12 target frames in a cuboid of 13: clamped to 12
     assert sevir.decoder.self_blocks[0][0].attn_l[0].decomposition.cuboid_size == (13, 1, 1)
     assert clamp_decomposition((12, 32, 32), Decomposition((13, 1, 1))).cuboid_size == (12, 1, 1)
+
+
+def test_training_works_after_inference_with_the_same_shapes():
+    # masks and index tensors are cached per shape: those first built under inference_mode
+    # must still be usable by autograd afterwards
+    cfg = presets()["tiny"].replace(input_shape=(5, 20, 28, 1), target_shape=(7, 20, 28, 1), padding_type="ignore",
+                                    self_pattern="video_swin_2x4", cross_pattern="cross_2x2_heter")
+    model = Earthformer(cfg)
+    x = torch.randn(1, *cfg.input_shape)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    out = model.train()(x)
+    out.square().mean().backward()
+    assert model.z_proj.weight.grad is not None
+    torch.testing.assert_close(model.eval()(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_with_probability_p_and_rescales(p):
+    from xearthformer.nn.layers import Dropout
+
+    torch.manual_seed(0)
+    x = torch.full((200_000,), 2.0, requires_grad=True)
+    layer = Dropout(p).train()
+    y = layer(x)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 5 * (p * (1 - p) / x.numel()) ** 0.5  # 5 standard errors
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 2.0 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach() / 2.0)  # d y / d x = mask / (1 - p)
+    assert torch.equal(layer.eval()(x), x)
+    assert Dropout(p).train()(x.detach().bfloat16()).dtype == torch.bfloat16

@@ -2,9 +2,10 @@
 
 A layer (with the bookkeeping of :mod:`xearthformer.nn.decomposition`) pads the grid to a
 multiple of the cuboid size, optionally rolls it (cyclic shift), reorders it into
-``(B, num_cuboids, cuboid_volume, C)`` and runs one batched
-:func:`torch.nn.functional.scaled_dot_product_attention` over all cuboids at once, with a
-learned relative-position bias and the shift/padding mask folded into ``attn_mask``.
+``(B, num_cuboids, cuboid_volume, C)`` and runs one batched attention over all cuboids at
+once (:func:`torch.nn.functional.scaled_dot_product_attention`; for small cuboids on the CPU
+the same maths as plain matmul-softmax-matmul, which is faster there, see :func:`attend`),
+with a learned relative-position bias and the shift/padding mask folded into ``attn_mask``.
 Global vectors (a few learned vectors per sample) are attended to by every cuboid
 (local-to-global) and attend to every position and to each other (global-to-local/global).
 
@@ -44,6 +45,7 @@ torch.Size([1, 3, 4, 5, 8])
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -64,36 +66,62 @@ from .decomposition import (
     self_valid_keys,
     to_cuboids,
 )
+from .layers import Dropout
+from .layers import dropout as layer_dropout
 from .patterns import CrossDecomposition, Decomposition
 
 __all__ = ["CuboidCrossAttention", "CuboidSelfAttention", "PADDING_TYPES", "attend", "pad_grid", "padding_amounts"]
 
 
 # --------------------------------------------------------------------------- attention maths
+#
+# Layout: the cuboids of a batch are the attention batch, ``(B * n, heads, L, head_dim)``:
+# the head split is a view of the projection's output (no copy; the fused kernels read it
+# with its strides), and the relative-position bias ``(heads, L, S)`` broadcasts over the
+# batch without being materialised (only shift/padding masks vary per cuboid). The output
+# goes back to the (B, T, H, W, C) grid in one copy (``from_cuboids`` merges the heads), and
+# the output projection, being position-wise, runs after that, on the unpadded positions.
 
 def _bias(table: Tensor, index: Tensor) -> Tensor:
-    """(heads, 1, q_volume, k_volume) relative-position bias."""
+    """(heads, q_volume, k_volume) relative-position bias."""
     q_vol, k_vol = index.shape
-    return table[index.reshape(-1)].reshape(q_vol, k_vol, -1).permute(2, 0, 1).unsqueeze(1)
+    return table[index.reshape(-1)].reshape(q_vol, k_vol, -1).permute(2, 0, 1)
+
+
+@lru_cache(maxsize=512)
+@torch.inference_mode(False)
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` (a cached CPU tensor) on ``device``, copied there once, not at every call."""
+    return t.to(device)
+
+
+@lru_cache(maxsize=512)
+@torch.inference_mode(False)
+def _open_rows(keep: Tensor, n_extra: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """``keep`` (n, L, S) (a cached mask) with ``n_extra`` always-kept keys appended, on ``device``
+    as (n, 1, L, S'), every query row that keeps no key opened; and those rows (n, L) or None."""
+    if n_extra:
+        keep = F.pad(keep, (0, n_extra), value=True)
+    rows = ~keep.any(-1)
+    if not bool(rows.any()):
+        return keep.to(device)[:, None], None
+    return (keep | rows[..., None]).to(device)[:, None], rows.to(device)
 
 
 def _attn_mask(bias: Tensor | None, keep: Tensor | None, n_extra: int, dtype: torch.dtype,
                device: torch.device) -> tuple[Tensor | None, Tensor | None]:
-    """Fold bias and keep-mask into one SDPA ``attn_mask``; ``n_extra`` global keys appended.
+    """Fold bias (heads, L, S) and keep-mask (n, L, S) into one SDPA ``attn_mask``.
 
-    Returns ``(attn_mask, empty)``. Queries allowed no key at all (``empty``, only possible
-    with ``ignore`` padding) would make the softmax NaN: their row is opened here and the
-    caller sets their output to zero, as the official masked softmax does. ``keep`` comes
-    (cached) on the CPU, so this check costs no device synchronisation.
+    ``n_extra`` global keys are appended (never masked). The mask broadcasts to
+    (n, heads, L, S + n_extra): (heads, L, S') without ``keep``, else (n, 1 or heads, L, S').
+    Returns ``(attn_mask, empty)``. Queries allowed no key at all (``empty``, (n, L), only
+    possible with ``ignore`` padding) would make the softmax NaN: their row is opened here
+    and the caller sets their output to zero, as the official masked softmax does. ``keep``
+    is cached per shape and so is its device copy, so this costs no device synchronisation.
     """
     empty = None
     if keep is not None:
-        if n_extra:
-            keep = F.pad(keep, (0, n_extra), value=True)
-        rows = ~keep.any(-1)
-        if bool(rows.any()):
-            empty, keep = rows.to(device), keep | rows[..., None]
-        keep = keep.to(device)
+        keep, empty = _open_rows(keep, n_extra, device)
     if bias is None:
         return keep, empty
     bias = bias.to(dtype)
@@ -102,21 +130,47 @@ def _attn_mask(bias: Tensor | None, keep: Tensor | None, n_extra: int, dtype: to
     return (bias if keep is None else bias.masked_fill(~keep, float("-inf"))), empty
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, scale: float) -> Tensor:
-    """SDPA over (B, *batch, L, E) queries, with the extra batch dims folded into one.
+def per_sample(mask: Tensor | None, batch: int) -> Tensor | None:
+    """A mask (n, heads, L, S) of the n cuboids repeated for each of ``batch`` samples:
+    (batch * n, heads, L, S); masks without a cuboid axis (3-d) broadcast as they are."""
+    if mask is None or mask.dim() < 4 or batch == 1:
+        return mask
+    return mask.expand(batch, *mask.shape).reshape(batch * mask.shape[0], *mask.shape[1:])
 
-    Fused kernels (flash / memory-efficient, CPU and CUDA) take 4-d inputs only, so
-    (B, heads, cuboids, L, E) is run as (B, heads * cuboids, L, E); ``mask`` broadcasts to
-    (*batch, L, S) (it never depends on B).
-    """
-    b, mid, l_q, l_k = q.shape[0], q.shape[1:-2], q.shape[-2], k.shape[-2]
-    n = math.prod(mid)
+
+# Up to this many (query, key) scores per cuboid, CPU attention runs as plain matmul-softmax-
+# matmul: for cuboid-sized sequences (tens of positions) that is ~10 % faster on the
+# whole model than the fused CPU kernel, whose blocking is tuned for long sequences.
+# Longer sequences (e.g. a "full" pattern on a large grid) keep the fused, memory-lean kernel.
+SMALL_CPU_SCORES = 64 * 64
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, scale: float) -> Tensor:
+    """Attention over (N, heads, L, E) queries; ``mask`` (bool: True = attend, or additive
+    float) broadcasts to (N, heads, L, S). :func:`~torch.nn.functional.scaled_dot_product_attention`
+    except for small cuboids on the CPU (see ``SMALL_CPU_SCORES``); both compute the same."""
+    if q.device.type != "cpu" or q.shape[-2] * k.shape[-2] > SMALL_CPU_SCORES:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    scores = (q * scale) @ k.transpose(-2, -1)
     if mask is not None:
-        mask = mask.expand(*mid, l_q, l_k).reshape(1, n, l_q, l_k)
-    out = F.scaled_dot_product_attention(
-        q.reshape(b, n, l_q, -1), k.reshape(b, n, l_k, -1), v.reshape(b, n, l_k, -1),
-        attn_mask=mask, dropout_p=dropout, scale=scale)
-    return out.reshape(b, *mid, l_q, -1)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(-1)
+    if dropout:
+        weights = layer_dropout(weights, dropout)
+    return weights @ v
+
+
+def zero_empty(out: Tensor, empty: Tensor | None, batch: int) -> Tensor:
+    """Zero the output (B * n, heads, L, E) of queries that may attend nothing (``empty`` (n, L))."""
+    if empty is None:
+        return out
+    keep = (~empty).to(out.dtype)[:, None, :, None]
+    return (out.unflatten(0, (batch, -1)) * keep).flatten(0, 1)
+
+
+def per_sample_heads(out: Tensor, batch: int) -> Tensor:
+    """(B * n, heads, L, E) -> (B, n, L, heads, E), a view."""
+    return out.unflatten(0, (batch, -1)).transpose(2, 3)
 
 
 def _joint(q_a: Tensor, k_a: Tensor, q_b: Tensor, k_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,10 +188,18 @@ def _joint(q_a: Tensor, k_a: Tensor, q_b: Tensor, k_b: Tensor) -> tuple[Tensor, 
 
 
 def split_heads(x: Tensor, parts: int, heads: int, head_dim: int) -> Tensor:
-    """(B, ..., parts * heads * head_dim) -> (parts, B, heads, ..., head_dim)."""
-    x = x.reshape(*x.shape[:-1], parts, heads, head_dim)
-    n = x.dim()
-    return x.permute(n - 3, 0, n - 2, *range(1, n - 3), n - 1)
+    """(N, L, parts * heads * head_dim) -> (parts, N, heads, L, head_dim), a view."""
+    return x.unflatten(-1, (parts, heads, head_dim)).permute(2, 0, 3, 1, 4)
+
+
+def per_cuboid(x: Tensor) -> Tensor:
+    """(B, n, L, C) -> (B * n, L, C): every cuboid of every sample is one attention batch."""
+    return x.flatten(0, 1)
+
+
+def _globals_per_cuboid(g: Tensor, n: int) -> Tensor:
+    """Global keys/values (B, heads, G, E) repeated for the n cuboids: (B * n, heads, G, E)."""
+    return g.unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
 
 
 def _norm(kind: str, dim: int) -> nn.Module:
@@ -216,19 +278,20 @@ class CuboidSelfAttention(nn.Module):
             self.proj = nn.Linear(dim, dim)
             if use_global_vector:
                 self.global_proj = nn.Linear(gdim, gdim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.norm = _norm(norm_layer, dim)
         if use_global_vector:
             self.global_vec_norm = _norm(norm_layer, gdim)
 
     def _heads(self, x: Tensor, parts: int, head_dim: int | None = None) -> Tensor:
+        """(N, L, parts * heads * hd) -> (parts, N, heads, L, hd), a view."""
         return split_heads(x, parts, self.num_heads, head_dim or self.head_dim)
 
-    def _index(self, size: Grid) -> Tensor:
+    def _index(self, size: Grid, device: torch.device) -> Tensor:
         if size == tuple(self.decomposition.cuboid_size):
             return self.relative_position_index
         built = tuple(self.decomposition.cuboid_size)
-        return relative_position_index(built, size, size).to(self.relative_position_index.device)
+        return _on(relative_position_index(built, size, size), device)
 
     def forward(self, x: Tensor, global_vectors: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         if x.dim() != 5 or x.shape[-1] != self.dim:
@@ -245,68 +308,69 @@ class CuboidSelfAttention(nn.Module):
         if any(d.shift_size):
             x = torch.roll(x, [-s for s in d.shift_size], dims=(1, 2, 3))
         xc = to_cuboids(x, d.cuboid_size, d.strategy)  # (B, n, v, C)
-        q, k, v = self._heads(self.qkv(xc), 3)  # (B, heads, n, v, hd)
+        qkv = self.qkv(xc)  # (B, n, v, 3C)
+        q, k, v = self._heads(per_cuboid(qkv), 3)  # (B * n, heads, v, hd) views
         keep = self_attention_mask(grid, d, self.padding_type)
-        bias = _bias(self.relative_position_bias_table, self._index(d.cuboid_size)) if self.use_relative_pos else None
+        bias = _bias(self.relative_position_bias_table, self._index(d.cuboid_size, x.device)) \
+            if self.use_relative_pos else None
         scale = self.head_dim ** -0.5
         dropout = self.attn_drop if self.training else 0.0
         new_global = None
         if not self.use_global_vector:
             mask, empty = _attn_mask(bias, keep, 0, q.dtype, q.device)
-            out = attend(q, k, v, mask, dropout, scale)
-        else:
-            out, new_global = self._with_globals(xc, q, k, v, global_vectors, bias, keep, grid, d, scale, dropout)
-            empty = None  # every query can attend the global vectors
-        if empty is not None:
-            out = out * (~empty).to(device=out.device, dtype=out.dtype)[..., None]
-        out = out.permute(0, 2, 3, 1, 4).reshape(b, xc.shape[1], xc.shape[2], self.dim)
-        if self.use_final_proj:
-            out = self.proj_drop(self.proj(out))
-            if new_global is not None:
-                new_global = self.proj_drop(self.global_proj(new_global))
-        x = from_cuboids(out, d.cuboid_size, d.strategy, padded)  # type: ignore[arg-type]
+            out = zero_empty(attend(q, k, v, per_sample(mask, b), dropout, scale), empty, b)
+        else:  # every query can attend the global vectors: no empty rows
+            out, new_global = self._with_globals(xc, qkv, global_vectors, bias, keep, grid, d, scale, dropout)
+        # back to the grid straight from (B * n, heads, v, hd): one copy; the projection is
+        # position-wise, so it runs after the reordering, on the unpadded positions only
+        x = from_cuboids(per_sample_heads(out, b), d.cuboid_size, d.strategy, padded)  # type: ignore[arg-type]
         if any(d.shift_size):
             x = torch.roll(x, list(d.shift_size), dims=(1, 2, 3))
         x = x[:, :t, :h, :w]
+        if self.use_final_proj:
+            x = self.proj_drop(self.proj(x))
+            if new_global is not None:
+                new_global = self.proj_drop(self.global_proj(new_global))
         return x if new_global is None else (x, new_global)
 
-    def _with_globals(self, xc: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Tensor, bias: Tensor | None,
+    def _with_globals(self, xc: Tensor, qkv: Tensor, g: Tensor, bias: Tensor | None,
                       keep: Tensor | None, grid: Grid, d: Decomposition, scale: float, dropout: float
                       ) -> tuple[Tensor, Tensor]:
         """Local-to-(local + global) attention, and the global vectors' update.
 
-        ``xc`` (B, n, v, C) are the cuboids, ``q, k, v`` (B, heads, n, v, hd) their local
-        projections, ``g`` (B, G, ratio * C) the global vectors. Returns the local output
-        (B, heads, n, v, hd) and the new global vectors (B, G, ratio * C) before projection.
+        ``xc`` (B, n, v, C) are the cuboids, ``qkv`` (B, n, v, 3C) their local projections,
+        ``g`` (B, G, ratio * C) the global vectors. Returns the local output
+        (B * n, heads, v, hd) and the new global vectors (B, G, ratio * C) before projection.
         """
         b, n, vol, _ = xc.shape
         num_g = g.shape[1]
         g = self.global_vec_norm(g)
         ghd = self.global_dim_ratio * self.head_dim
+        q, k, v = self._heads(per_cuboid(qkv), 3)  # (B * n, heads, v, hd) views
+        # the global-to-local keys/values see all n * v positions of a sample at once
+        flat = xc.flatten(1, 2)  # (B, n * v, C)
         if self.separate_global_qkv:
-            l2g_q = self._heads(self.l2g_q_net(xc), 1)[0]
+            l2g_q = self._heads(per_cuboid(self.l2g_q_net(xc)), 1)[0]
             gk, gv = self._heads(self.l2g_global_kv_net(g), 2)  # (B, heads, G, hd)
             g2l_q = self._heads(self.g2l_global_q_net(g), 1)[0]
-            g2l_k = self._heads(self.g2l_k_net(xc), 1)[0]
-            g2l_v = self._heads(self.g2l_v_net(xc), 1, ghd)[0]
+            g2l_k = self._heads(self.g2l_k_net(flat), 1)[0]  # (B, heads, n * v, hd)
+            g2l_v = self._heads(self.g2l_v_net(flat), 1, ghd)[0]
             if self.use_global_self_attn:
                 g2g_q, g2g_k, g2g_v = self._heads(self.g2g_global_qkv_net(g), 3, ghd)
         else:
             qg, gk, gv = self._heads(self.global_qkv(g), 3)
-            l2g_q, g2l_q, g2l_k, g2l_v = q, qg, k, v
+            l2g_q, g2l_q = q, qg
+            _, g2l_k, g2l_v = self._heads(qkv.flatten(1, 2), 3)  # the local k, v as (B, heads, n * v, hd)
             g2g_q, g2g_k, g2g_v = qg, gk, gv
         # local -> local and global: every cuboid also sees the G global keys
-        expand = (b, self.num_heads, n, num_g, self.head_dim)
-        q_all, k_all = _joint(q, k, l2g_q, gk.unsqueeze(2).expand(expand))
-        v_all = torch.cat([v, gv.unsqueeze(2).expand(expand)], dim=-2)
+        q_all, k_all = _joint(q, k, l2g_q, _globals_per_cuboid(gk, n))
+        v_all = torch.cat([v, _globals_per_cuboid(gv, n)], dim=-2)
         mask, _ = _attn_mask(bias, keep, num_g, q.dtype, q.device)
-        out = attend(q_all, k_all, v_all, mask, dropout, scale)
+        out = attend(q_all, k_all, v_all, per_sample(mask, b), dropout, scale)
         # global -> every position (and -> globals)
-        g2l_k = g2l_k.reshape(b, self.num_heads, n * vol, -1)
-        g2l_v = g2l_v.reshape(b, self.num_heads, n * vol, -1)
         key_mask = None
         if self.padding_type == "ignore" and any(padding_amounts(grid, d.cuboid_size)):
-            key_mask = self_valid_keys(grid, d).to(q.device)[None]  # (1, keys): same for every global
+            key_mask = _on(self_valid_keys(grid, d), q.device)[None]  # (1, keys): same for every global
         if self.use_global_self_attn:
             gq, gk_all = _joint(g2l_q, g2l_k, g2g_q, g2g_k)
             gv_all = torch.cat([g2l_v, g2g_v], dim=-2)
@@ -315,7 +379,7 @@ class CuboidSelfAttention(nn.Module):
         else:
             gq, gk_all, gv_all = g2l_q, g2l_k, g2l_v
         new_g = attend(gq, gk_all, gv_all, key_mask, dropout, scale)
-        new_g = new_g.permute(0, 2, 1, 3).reshape(b, num_g, -1)
+        new_g = new_g.transpose(1, 2).reshape(b, num_g, -1)
         return out, new_g
 
 
@@ -369,7 +433,7 @@ class CuboidCrossAttention(nn.Module):
         self.q_proj = nn.Linear(dim, dim, bias=False)
         self.kv_proj = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         if use_global_vector and separate_global_qkv:
             self.l2g_q_net = nn.Linear(dim, dim, bias=False)
             self.l2g_global_kv_net = nn.Linear(global_dim_ratio * dim, 2 * dim, bias=False)
@@ -404,34 +468,29 @@ class CuboidCrossAttention(nn.Module):
         m_cub = (mem.shape[1] // n_t, bh, bw)
         xc = to_cuboids(x, x_cub, d.strategy)
         mc = to_cuboids(mem, m_cub, d.strategy)
-        q = self._heads(self.q_proj(xc), 1)[0]
-        k, v = self._heads(self.kv_proj(mc), 2)
+        n = xc.shape[1]
+        q = self._heads(per_cuboid(self.q_proj(xc)), 1)[0]  # (B * n, heads, Lx, hd)
+        k, v = self._heads(per_cuboid(self.kv_proj(mc)), 2)
         keep = cross_attention_mask((t_x, h, w), (t_m, h, w), d, self.padding_type)
         bias = None
         if self.use_relative_pos:
             extent = (self.max_temporal_relative, bh, bw)
-            index = relative_position_index(extent, x_cub, m_cub).to(x.device)
-            bias = _bias(self.relative_position_bias_table, index)
+            bias = _bias(self.relative_position_bias_table, _on(relative_position_index(extent, x_cub, m_cub), x.device))
         scale = self.head_dim ** -0.5
         num_g = 0
         if self.use_global_vector:
             num_g = mem_global_vectors.shape[1]
             if self.separate_global_qkv:
-                l2g_q = self._heads(self.l2g_q_net(xc), 1)[0]
+                l2g_q = self._heads(per_cuboid(self.l2g_q_net(xc)), 1)[0]
                 gk, gv = self._heads(self.l2g_global_kv_net(mem_global_vectors), 2)
             else:
                 l2g_q = q
                 gk, gv = self._heads(self.kv_proj(mem_global_vectors), 2)
-            expand = (b, self.num_heads, xc.shape[1], num_g, self.head_dim)
-            q, k = _joint(q, k, l2g_q, gk.unsqueeze(2).expand(expand))
-            v = torch.cat([v, gv.unsqueeze(2).expand(expand)], dim=-2)
+            q, k = _joint(q, k, l2g_q, _globals_per_cuboid(gk, n))
+            v = torch.cat([v, _globals_per_cuboid(gv, n)], dim=-2)
         mask, empty = _attn_mask(bias, keep, num_g, q.dtype, q.device)
-        out = attend(q, k, v, mask, self.attn_drop if self.training else 0.0, scale)
-        if empty is not None:
-            out = out * (~empty).to(device=out.device, dtype=out.dtype)[..., None]
-        out = out.permute(0, 2, 3, 1, 4).reshape(b, xc.shape[1], xc.shape[2], self.dim)
-        out = self.proj_drop(self.proj(out))
-        x = from_cuboids(out, x_cub, d.strategy, x_grid)  # type: ignore[arg-type]
+        out = attend(q, k, v, per_sample(mask, b), self.attn_drop if self.training else 0.0, scale)
+        x = from_cuboids(per_sample_heads(zero_empty(out, empty, b), b), x_cub, d.strategy, x_grid)  # type: ignore[arg-type]
         if any(d.shift_hw):
             x = torch.roll(x, list(d.shift_hw), dims=(2, 3))
-        return x[:, :t_x, :h, :w]
+        return self.proj_drop(self.proj(x[:, :t_x, :h, :w]))

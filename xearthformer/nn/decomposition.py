@@ -97,15 +97,21 @@ def to_cuboids(x: Tensor, cuboid: Grid, strategy: tuple[str, ...]) -> Tensor:
 
 
 def from_cuboids(x: Tensor, cuboid: Grid, strategy: tuple[str, ...], grid: Grid) -> Tensor:
-    """Inverse of :func:`to_cuboids`: (B, num_cuboids, volume, C) -> (B, T, H, W, C)."""
-    b, c = x.shape[0], x.shape[-1]
+    """Inverse of :func:`to_cuboids`: (B, num_cuboids, volume, *C) -> (B, T, H, W, prod(C)).
+
+    Trailing channel dims ``C`` (e.g. heads, head_dim of a strided attention output) are
+    merged at the end, so the whole reordering costs at most one copy.
+    """
+    b, rest = x.shape[0], tuple(x.shape[3:])
     split, perm = _reorder_plan(grid, cuboid, strategy)
-    permuted_shape = [b] + [split[p - 1] for p in perm[1:-1]] + [c]
-    inverse = sorted(range(len(perm)), key=perm.__getitem__)
-    return x.reshape(permuted_shape).permute(inverse).reshape(b, *grid, c)
+    permuted_shape = [b] + [split[p - 1] for p in perm[1:-1]]
+    inverse = sorted(range(7), key=perm.__getitem__)  # perm[:7] orders the batch and grid axes
+    x = x.reshape(*permuted_shape, *rest).permute(*inverse, *range(7, 7 + len(rest)))
+    return x.reshape(b, *grid, math.prod(rest))
 
 
 @lru_cache(maxsize=512)
+@torch.inference_mode(False)  # cached tensors must stay usable by autograd after an inference call
 def relative_position_index(extent: Grid, q_size: Grid, k_size: Grid) -> Tensor:
     """Index into a bias table of ``prod(2 * extent - 1)`` rows for each (query, key) pair.
 
@@ -142,6 +148,7 @@ def _valid_grid(grid: Grid, pads: Grid, time_left: bool = False) -> Tensor:
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def self_attention_mask(grid: Grid, d: Decomposition, padding_type: str) -> Tensor | None:
     """Mask of one (clamped) self-attention decomposition over the unpadded ``grid``.
 
@@ -166,6 +173,7 @@ def self_attention_mask(grid: Grid, d: Decomposition, padding_type: str) -> Tens
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def self_valid_keys(grid: Grid, d: Decomposition) -> Tensor:
     """(num_cuboids * volume,) bool: which reordered positions are real (not padding)."""
     pads = padding_amounts(grid, d.cuboid_size)
@@ -174,6 +182,7 @@ def self_valid_keys(grid: Grid, d: Decomposition) -> Tensor:
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def cross_attention_mask(x_grid: Grid, mem_grid: Grid, d: CrossDecomposition, padding_type: str) -> Tensor | None:
     """Mask of one cross-attention decomposition; see :func:`self_attention_mask`."""
     n_t = d.n_temporal

@@ -40,6 +40,38 @@ def activation(name: str) -> nn.Module:
     return table[name]()
 
 
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """:func:`torch.nn.functional.dropout` (zero with probability ``p``, scale the rest by
+    ``1 / (1 - p)``), drawing the CPU mask by comparing uniforms to ``p``.
+
+    On the CPU ``bernoulli_`` costs about 3.5x ``rand`` per element, and the attention and FFN
+    dropouts of an Earthformer training step are a fifth of its time; the distribution is
+    the same. Elsewhere (CUDA's fused kernel is fast) this is ``F.dropout``.
+
+    >>> x = torch.ones(10000)
+    >>> y = dropout(x, 0.25)
+    >>> [round(v, 4) for v in y.unique().tolist()], abs(float((y == 0).float().mean()) - 0.25) < 0.03
+    ([0.0, 1.3333], True)
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not 0.0 < p < 1.0:
+        return F.dropout(x, p, training)
+    exact = x.dtype in (torch.float32, torch.float64)  # (half-precision uniforms are too coarse)
+    mask = torch.rand(x.shape, dtype=x.dtype if exact else torch.float32, device=x.device)
+    mask = mask.ge_(p).mul_(1.0 / (1.0 - p))  # in place: 1 / (1 - p) where kept, else 0
+    return x * (mask if exact else mask.to(x.dtype))
+
+
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` through :func:`dropout` (faster on the CPU, same distribution)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.inplace:
+            return super().forward(x)
+        return dropout(x, self.p, self.training)
+
+
 class PositionwiseFFN(nn.Module):
     """Pre-norm feed-forward block with residual: ``x + drop(fc2(drop(act(fc1(norm(x))))))``."""
 
@@ -52,7 +84,7 @@ class PositionwiseFFN(nn.Module):
         self.activation = activation(act)
         self.ffn_2 = nn.Linear(hidden, units)
         self.layer_norm = nn.LayerNorm(units)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.layer_norm(x)
