@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
-import tempfile
 
 import cf_xarray  # noqa: F401  (registers .cf)
 import iris_sample_data
@@ -18,6 +14,7 @@ import xskillscore as xs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.cfcheck import cf_errors
 from xearthformer import cf
 from xearthformer.errors import DataError
 
@@ -58,22 +55,6 @@ def make_forecast(calendar: str | None = None, monthly: bool = False, members: i
     if monthly:
         ds["lead_time"].attrs["units"] = "months"
     return ds
-
-
-def cf_errors(path: str) -> list[str]:
-    """High-priority (error) messages of compliance-checker's cf:1.8 suite, via its Python API."""
-    from compliance_checker.runner import CheckSuite, ComplianceChecker
-
-    CheckSuite.load_all_available_checkers()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.json")
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            ComplianceChecker.run_checker(path, ["cf:1.8"], 0, "lenient", output_filename=report,
-                                          output_format="json")
-        with open(report) as f:
-            result = next(iter(json.load(f).values()))
-    return [f"{item['name']}: {msg}" for item in result["high_priorities"]
-            if item["value"][0] < item["value"][1] for msg in item["msgs"] or ["failed"]]
 
 
 # ----------------------------------------------------------------------------------------------

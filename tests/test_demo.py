@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
-import tempfile
-
 import numpy as np
 import pytest
 import xarray as xr
 
+from tests.cfcheck import cf_errors
 from xearthformer.cli import main
 from xearthformer.data.samples import open_ostia, ostia_path
 from xearthformer.demo import load_sst
 from xearthformer.demo_storms import SIZE, run_storms
 from xearthformer.errors import DataError
-
-
-def cf_errors(path: str) -> list[str]:
-    """High-priority messages of compliance-checker's cf:1.8 suite (its Python API)."""
-    from compliance_checker.runner import CheckSuite, ComplianceChecker
-
-    CheckSuite.load_all_available_checkers()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.json")
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            ComplianceChecker.run_checker(path, ["cf:1.8"], 0, "lenient", output_filename=report,
-                                          output_format="json")
-        with open(report) as f:
-            result = next(iter(json.load(f).values()))
-    return [f"{item['name']}: {msg}" for item in result["high_priorities"]
-            if item["value"][0] < item["value"][1] for msg in item["msgs"] or ["failed"]]
 
 
 def parse_table(text: str) -> list[dict[str, str]]:

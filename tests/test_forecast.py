@@ -174,7 +174,7 @@ def test_input_named_like_forecast_coords_does_not_collide(data, model):
 
 
 def test_noleap_forecast_is_cf_compliant_and_round_trips(tmp_path):
-    from tests.test_cf import cf_errors
+    from tests.cfcheck import cf_errors
 
     ds = make_data(calendar="noleap")
     model = make_forecaster(ds)
@@ -191,7 +191,8 @@ def test_noleap_forecast_is_cf_compliant_and_round_trips(tmp_path):
 def test_iris_monthly_analysis_end_to_end(tmp_path):
     """An Iris-written monthly analysis (forecast_period/forecast_reference_time on the input):
     calendar-step leads are integers in months, the provenance coordinates are dropped."""
-    from tests.test_cf import IRIS_OSTIA, cf_errors
+    from tests.cfcheck import cf_errors
+    from tests.test_cf import IRIS_OSTIA
 
     ostia = xr.open_dataset(IRIS_OSTIA).isel(longitude=slice(0, 24))
     spec = layout.fit_spec(ostia, "surface_temperature", context=3, lead=2)
@@ -328,7 +329,7 @@ def test_write_zarr_refuses_a_different_forecast(tmp_path, data, model):
 
 
 def test_write_netcdf_one_file_per_chunk(tmp_path, data, model):
-    from tests.test_cf import cf_errors
+    from tests.cfcheck import cf_errors
 
     lazy = F.forecast(data.chunk(time=10), model, chunk=10)
     out = tmp_path / "nc"
