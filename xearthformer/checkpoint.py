@@ -159,6 +159,8 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
     ------
     ModelTypeError
         ``forecaster`` is not a :class:`Forecaster`.
+    FileNotFoundError
+        The folder of ``path`` does not exist.
 
     Examples
     --------
@@ -190,6 +192,11 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
     }
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # else mkstemp reports a puzzling temporary file name
+        raise FileNotFoundError(
+            f"cannot save to {path}: the folder {folder} does not exist. "
+            "Fix: create it first (os.makedirs(folder, exist_ok=True))."
+        )
     fd, tmp = tempfile.mkstemp(prefix=".xef-", dir=folder)
     os.close(fd)
     try:
@@ -198,6 +205,25 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_RESAVE = ("The bundle's header was edited or damaged. Fix: save the model again with "
+           "xearthformer.save(), or get an intact copy of the file.")
+
+
+def _reason(err: Exception, max_lines: int = 4) -> str:
+    """A short, readable cause: KeyError names the missing field; long messages (a state_dict
+    mismatch lists every tensor) are cut to their first lines."""
+    if isinstance(err, KeyError):
+        return f"missing field {err}"
+    lines = str(err).strip().splitlines()
+    more = f" ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
+    return " ".join(line.strip() for line in lines[:max_lines]).rstrip(".") + more
+
+
+def _hint(err: Exception) -> str:
+    """The re-save advice, unless the error is one of ours and says how to fix it already."""
+    return "." if isinstance(err, ConfigError) else f". {_RESAVE}"
 
 
 def _not_a_bundle(path: str, why: str) -> CheckpointError:
@@ -245,7 +271,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         version = int(meta["format_version"])
     except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: bundle has no valid format_version.") from err
+        raise CheckpointError(
+            f"{path}: bundle has no valid format_version (found "
+            f"{meta.get('format_version')!r}, expected an integer 1..{FORMAT_VERSION}). {_RESAVE}"
+        ) from err
+    if version < 1:
+        raise CheckpointError(
+            f"{path}: bundle format_version is {version}; valid versions are "
+            f"1..{FORMAT_VERSION}. {_RESAVE}"
+        )
     if version > FORMAT_VERSION:
         from . import __version__
 
@@ -260,12 +294,21 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             "format_version": version,
             "xearthformer_version": meta.get("xearthformer_version", "unknown"),
             "model_class": meta["model_class"],
-            "model_config": json.loads(meta["model_config"]),
-            "spec": json.loads(meta["spec"]),
-            "metadata": json.loads(meta.get("metadata", "{}")),
+            "model_config": _json_object(meta, "model_config"),
+            "spec": _json_object(meta, "spec"),
+            "metadata": _json_object(meta, "metadata", "{}"),
         }
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: bundle header is incomplete or corrupt ({err}).") from err
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{path}: bundle header is incomplete or corrupt ({_reason(err)}). {_RESAVE}") from err
+
+
+def _json_object(meta: dict[str, Any], key: str, default: str | None = None) -> dict[str, Any]:
+    """``meta[key]`` parsed as a JSON object; TypeError when it is a list, number..."""
+    value = json.loads(meta[key] if default is None else meta.get(key, default))
+    if not isinstance(value, dict):
+        raise TypeError(f"{key!r} is a JSON {type(value).__name__}, expected an object")
+    return value
 
 
 def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
@@ -275,7 +318,7 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     ----------
     path : path-like
     device : str or torch.device
-        Where to put the weights.
+        Where to put the weights (``"auto"``: CUDA when available).
 
     Returns
     -------
@@ -295,9 +338,13 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     --------
     >>> fc = load("sst.xef")                                           # doctest: +SKIP
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .training_loop import resolve_device
+
     path = os.fspath(path)
+    device = resolve_device(device)  # a bad device fails here, not as a corrupt file
     meta = read_metadata(path)
     name = meta["model_class"]
     if name not in MODEL_CLASSES:
@@ -311,20 +358,30 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     try:
         config = config_cls.from_dict(meta["model_config"])
     except (ConfigError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild the model config: {err}") from err
-    tensors = load_file(path, device=str(device))
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model config: {_reason(err)}{_hint(err)}") from err
+    try:
+        # read on the CPU; the model moves to ``device`` below
+        tensors = load_file(path, device="cpu")
+    except SafetensorError as err:  # e.g. a truncated download or copy
+        raise CheckpointError(
+            f"{path}: the weights cannot be read ({err}); the file is truncated or damaged "
+            f"({os.path.getsize(path)} bytes). Fix: copy or download it again, or re-save the model."
+        ) from err
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     arrays = {k[len("spec."):]: v.cpu().numpy() for k, v in tensors.items() if k.startswith("spec.")}
     try:
         spec = DataSpec.from_dict(meta["spec"], arrays)
     except (ConfigError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild the data spec: {err}") from err
+        raise CheckpointError(
+            f"{path}: cannot rebuild the data spec: {_reason(err)}{_hint(err)}") from err
     model = cls(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(
-            f"{path}: the weights do not fit a {name} built from the stored config: {err}"
+            f"{path}: the weights do not fit a {name} built from the stored config: "
+            f"{_reason(err)}. {_RESAVE}"
         ) from err
     model.to(device).eval()
     try:

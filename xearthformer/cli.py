@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(getattr(module, f"run_{args.command}")(args) or 0)
-    except XEarthformerError as err:
+    except (XEarthformerError, FileNotFoundError) as err:  # user errors: no traceback
         print(f"xearthformer {args.command}: error: {err}", file=sys.stderr)
         return 1
 

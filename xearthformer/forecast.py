@@ -52,9 +52,13 @@ def resolve_device(device: Any = "auto") -> torch.device:
     """
     import torch
 
+    from .training_loop import explicit_device
+
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    return explicit_device(device)  # ConfigError for bad names and missing GPUs
 
 
 def _torch_module(model: Any) -> torch.nn.Module:

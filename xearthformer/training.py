@@ -155,7 +155,7 @@ def train(
         Keep encoded windows in memory. "auto": yes for in-memory data whose windows take
         less than 512 MiB, never for Dask/Zarr-backed data.
     **model_overrides
-        Earthformer config fields, e.g. ``base_units=32``, ``dropout=0.0``.
+        Earthformer config fields, e.g. ``base_units=32``, ``proj_drop=0.0``.
 
     Returns
     -------
@@ -273,9 +273,11 @@ def _parse_val(text: str) -> Any:
     if text.lower() in ("none", "0", ""):
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return text  # a start date such as 2009-10
+    # "2009" is a year (a start date), not a fraction
+    return value if value < 1 else text
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -301,24 +303,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", help="Earthformer preset (default: small)")
     parser.add_argument("--context", type=int, default=12, help="input steps (default 12)")
     parser.add_argument("--lead", type=int, default=14, help="predicted steps (default 14)")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="passes over the training windows (default 20)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size")
     parser.add_argument("--val", type=_parse_val, default=0.2,
                         help="validation period: fraction at the end, start date, or none")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience (epochs)")
     parser.add_argument("--normalization", default="zscore",
                         help="zscore | anomaly | minmax | none (statistics from the training period)")
     parser.add_argument("--no-coslat", action="store_true", help="do not weight the loss by cos(lat)")
-    parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--steps-per-epoch", type=int, default=None)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass to save memory")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="at most this many optimiser steps per epoch (default: a full pass)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--checkpoint-dir", default=None, help="resumable checkpoints + loss curve")
     parser.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, dropout")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="model config overrides, e.g. --set base_units=32 dropout=0.0")
+                        help="model config overrides, e.g. --set base_units=32 proj_drop=0.1")
 
 
 def run_train(args: argparse.Namespace) -> int:

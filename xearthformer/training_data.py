@@ -46,7 +46,15 @@ class TimeSplit:
 
 def _time_index(ds: xr.Dataset, time: str, when: Any) -> int:
     """Position of the first time >= ``when`` (labels, partial date strings, cftime)."""
-    start = ds.indexes[time].slice_indexer(when, None).start
+    index = ds.indexes[time]
+    try:
+        start = index.slice_indexer(when, None).start
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"val={when!r} is not a time on the {time!r} axis ({index[0]} .. {index[-1]}); "
+            "expected a fraction in (0, 1) such as 0.2, a start date such as '2009-10', a "
+            "slice, or None."
+        ) from err
     return 0 if start is None else int(start)
 
 

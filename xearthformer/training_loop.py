@@ -115,6 +115,9 @@ class TrainConfig:
             raise ConfigError(f"warmup is a fraction of all steps in [0, 1), got {self.warmup}.")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}.")
+        if not (self.lr >= 0 and self.weight_decay >= 0):
+            raise ConfigError(f"lr and weight_decay must be >= 0, got lr={self.lr}, "
+                              f"weight_decay={self.weight_decay}; the default lr is 1e-3.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of the settings."""
@@ -258,7 +261,35 @@ def resolve_device(device: Any = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    return torch.device(device)
+    return explicit_device(device)
+
+
+def explicit_device(device: Any) -> torch.device:
+    """``torch.device(device)``, with a ConfigError for a malformed name or a device this
+    machine lacks (instead of torch's RuntimeError/AssertionError deep inside ``.to()``).
+
+    >>> explicit_device("cpu").type
+    'cpu'
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"device {device!r} is not a valid torch device; expected 'auto', 'cpu', 'cuda' or "
+            "'cuda:N'."
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} asks for CUDA, but this PyTorch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}). "
+            "Fix: use device='auto' or 'cpu', or install a CUDA build of PyTorch."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(0..{torch.cuda.device_count() - 1}). Fix: pick one of those or device='auto'."
+        )
+    return dev
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

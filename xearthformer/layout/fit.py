@@ -195,8 +195,9 @@ def fit_spec(
     calendar = tuple(_names(calendar))
     if not inputs_v:
         raise ConfigError("fit_spec needs at least one input variable.")
-    if int(context) < 1 or int(lead) < 1:
-        raise ConfigError(f"context and lead must be >= 1, got context={context}, lead={lead}.")
+    if int(context) != context or int(lead) != lead or int(context) < 1 or int(lead) < 1:
+        raise ConfigError(f"context and lead must be whole numbers of time steps >= 1, got "
+                          f"context={context}, lead={lead}.")
     bad = [c for c in calendar if c not in CALENDAR_FEATURES]
     if bad:
         raise ConfigError(f"unknown calendar feature(s) {bad}; expected {CALENDAR_FEATURES}.")

@@ -4,7 +4,8 @@ Nothing here scores anything. Every public metric goes through :func:`prepare_pa
 numpy/torch/xarray into aligned xarray objects) and :func:`reduce_dims` (which dims to
 reduce over), so they all agree on conventions:
 
-* observations on ``time`` are matched to a forecast's 2-D ``valid_time(init_time, lead_time)``;
+* observations on ``time`` are matched to a forecast's 2-D ``valid_time(init_time, lead_time)``
+  (a time dim of another name, e.g. ``TIME``, is found by its CF attributes or datetimes);
 * spatial coordinates must agree (differences in longitude convention are mended);
 * by default every dim is reduced except ``lead_time``, ``threshold`` and ``member``.
 """
@@ -15,6 +16,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Union
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import DataError
@@ -85,6 +87,43 @@ def find_coord(obj: XArray, kind: str) -> Hashable | None:
         if name in obj.coords or name in obj.dims:
             return name
     return None
+
+
+def time_dim(obj: XArray) -> Hashable | None:
+    """Name of the time dim of observations: ``time`` if present, else the one dim whose
+    coordinate is CF-tagged as time (``standard_name`` ``time`` or ``axis`` ``T``) or holds
+    datetimes (numpy or cftime), e.g. ``TIME``. None for forecasts (``init_time``/``lead_time``)
+    and when there is no such dim or more than one."""
+    if not isinstance(obj, (xr.DataArray, xr.Dataset)) or INIT in obj.dims or LEAD in obj.dims:
+        return None
+    if TIME in obj.dims:
+        return TIME
+    found = [
+        d for d in obj.dims
+        if d in obj.coords and (
+            obj[d].attrs.get("standard_name") == "time"
+            or obj[d].attrs.get("axis") == "T"
+            or isinstance(obj.indexes.get(d), (pd.DatetimeIndex, xr.CFTimeIndex))
+        )
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def standard_time(obj: XArray) -> XArray:
+    """``obj`` with its time dim (see :func:`time_dim`) renamed to ``time`` when it has
+    another name (``TIME``, ``t``, ``date``...), so that every metric sees observations the
+    same way. Anything else is returned as it is.
+
+    >>> import pandas as pd, xarray as xr
+    >>> da = xr.DataArray([1.0, 2.0], dims="TIME", coords={"TIME": pd.date_range("2000", periods=2)})
+    >>> standard_time(da).dims
+    ('time',)
+    """
+    name = time_dim(obj)
+    taken = TIME in obj.coords or (isinstance(obj, xr.Dataset) and TIME in obj.data_vars)
+    if name is None or name == TIME or taken:
+        return obj
+    return obj.rename({name: TIME})
 
 
 def is_lazy(*objs: Any) -> bool:
@@ -224,8 +263,18 @@ def prepare_pair(forecast: Any, observed: Any) -> tuple[XArray, XArray]:
     obs = to_xarray(observed, like=fc)
     if isinstance(fc, xr.DataArray) and not isinstance(forecast, (xr.DataArray, xr.Dataset)):
         fc = to_xarray(forecast, like=obs)
+    if VALID in fc.coords and TIME not in fc.dims:
+        obs = standard_time(obs)  # e.g. observations on a CF time dim named TIME
     if VALID in fc.coords and TIME in obs.dims and TIME not in fc.dims:
         obs = align_to_valid_time(fc, obs)
+    elif VALID in fc.coords and set(obs.dims) - set(fc.dims):
+        # without this, xarray would broadcast the observations against every forecast
+        raise DataError(
+            f"cannot match the observations (dims {list(obs.dims)}) to the forecast's "
+            f"valid_time: found no time dim among {sorted(map(str, set(obs.dims) - set(fc.dims)))}. "
+            "Expected a dim named 'time', or one whose coordinate holds datetimes or has "
+            "standard_name='time'. Fix: obs.rename({NAME: 'time'})"
+        )
     obs = _harmonise_coords(match_longitude(obs, fc), fc)
     for dim in set(fc.dims) & set(obs.dims):
         if fc.sizes[dim] != obs.sizes[dim] and not (dim in fc.indexes and dim in obs.indexes):
@@ -249,6 +298,19 @@ def prepare_pair(forecast: Any, observed: Any) -> tuple[XArray, XArray]:
             "grid and times. Regrid, or select the common points with xr.align(..., join='inner')"
         ) from err
     return fc, obs
+
+
+def shared_variables(forecast: XArray, observed: XArray) -> None:
+    """Refuse two Datasets without a common variable name: Dataset arithmetic keeps only the
+    shared variables, so the score would silently be an empty Dataset."""
+    if isinstance(forecast, xr.Dataset) and isinstance(observed, xr.Dataset):
+        if not set(forecast.data_vars) & set(observed.data_vars):
+            raise DataError(
+                f"forecast variables {sorted(map(str, forecast.data_vars))} and observed "
+                f"variables {sorted(map(str, observed.data_vars))} have no name in common; "
+                "expected the same names. Fix: rename one (obs.rename({'old': 'new'})) or pass "
+                "DataArrays, e.g. fc['sst'], obs['SST']"
+            )
 
 
 def _summary(coord: xr.DataArray) -> str:
@@ -301,6 +363,13 @@ def weighted_mean(values: XArray, dims: list[Hashable], weights: xr.DataArray | 
     w = xr.where(values.notnull(), weights, np.nan)
     den = w.sum(dims, skipna=True)
     return (values * w).sum(dims, skipna=True) / den.where(den > 0)
+
+
+def named(result: XArray, name: str) -> XArray:
+    """A DataArray score renamed ``name``; a Dataset (one score per variable) as it is."""
+    if isinstance(result, xr.DataArray):
+        return result.rename(name)
+    return result
 
 
 def both_valid(forecast: XArray, observed: XArray) -> XArray:

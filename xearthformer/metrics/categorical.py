@@ -56,6 +56,13 @@ SEVIR_EPS = 1e-4
 _PROTOCOLS = (None, "sevir")
 _AGGREGATES = ("counts", "samples")
 _SKIP = {TIME, INIT, LEAD, MEMBER, THRESHOLD}
+_LONG_NAMES = {
+    "csi": "critical success index",
+    "pod": "probability of detection",
+    "sucr": "success ratio",
+    "frequency_bias": "frequency bias",
+    "csi_m": "critical success index, mean over thresholds",
+}
 
 
 def _threshold_array(thresholds: Any) -> tuple[xr.DataArray, bool]:
@@ -270,7 +277,10 @@ def _score(
             eps,
         )
         score = per_sample.mean(sample, skipna=True)
-    return score.rename(name)
+    # a score, not the variable: drop its long_name, valid range... (xarray keeps them)
+    score = score.rename(name)
+    score.attrs = {"long_name": _LONG_NAMES.get(name, name), "units": "1"}
+    return score
 
 
 def _make(formula: Callable[[xr.Dataset, float], xr.DataArray], name: str, doc: str):
@@ -369,4 +379,6 @@ def csi_m(
     if THRESHOLD not in thr.dims:
         thr = thr.expand_dims({THRESHOLD: [float(thr)]})
     score = csi(forecast, observed, thr, dim, pool, protocol, **kwargs)
-    return score.mean(THRESHOLD, skipna=True).rename("csi_m")
+    score = score.mean(THRESHOLD, skipna=True).rename("csi_m")
+    score.attrs = {"long_name": _LONG_NAMES["csi_m"], "units": "1"}
+    return score

@@ -16,13 +16,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
-from ._common import Dims, XArray, area_weights, prepare_pair, reduce_dims, weighted_mean
+from ._common import (
+    Dims,
+    XArray,
+    area_weights,
+    named,
+    prepare_pair,
+    reduce_dims,
+    shared_variables,
+    weighted_mean,
+)
 
 
 def _pair_error(forecast: Any, observed: Any, dim: Dims, weights: Any):
     fc, obs = prepare_pair(forecast, observed)
+    shared_variables(fc, obs)
     err = fc - obs
     dims = reduce_dims(err, dim)
     return fc, obs, err, dims, area_weights(fc, weights)
@@ -46,7 +55,7 @@ def mse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> 
     5.0
     """
     _, _, err, dims, w = _pair_error(forecast, observed, dim, weights)
-    return _named(weighted_mean(err**2, dims, w), "mse")
+    return named(weighted_mean(err**2, dims, w), "mse")
 
 
 def mae(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
@@ -57,7 +66,7 @@ def mae(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> 
     2.0
     """
     _, _, err, dims, w = _pair_error(forecast, observed, dim, weights)
-    return _named(weighted_mean(abs(err), dims, w), "mae")
+    return named(weighted_mean(abs(err), dims, w), "mae")
 
 
 def rmse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
@@ -67,7 +76,7 @@ def rmse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) ->
     >>> float(rmse(xr.DataArray(np.array([3.0, 4.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     3.5355339059327378
     """
-    return _named(np.sqrt(mse(forecast, observed, dim, weights)), "rmse")
+    return named(np.sqrt(mse(forecast, observed, dim, weights)), "rmse")
 
 
 def mean_bias(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
@@ -78,7 +87,7 @@ def mean_bias(forecast: Any, observed: Any, dim: Dims = None, weights: Any = Non
     2.0
     """
     _, _, err, dims, w = _pair_error(forecast, observed, dim, weights)
-    return _named(weighted_mean(err, dims, w), "mean_bias")
+    return named(weighted_mean(err, dims, w), "mean_bias")
 
 
 def acc(
@@ -103,6 +112,7 @@ def acc(
     1.0
     """
     fc, obs = prepare_pair(forecast, observed)
+    shared_variables(fc, obs)
     if climatology is not None:
         clim = climatology
         fc, obs = fc - clim, obs - clim
@@ -116,10 +126,4 @@ def acc(
         obs = obs - weighted_mean(obs, dims, w)
     num = weighted_mean(fc * obs, dims, w)
     den = np.sqrt(weighted_mean(fc**2, dims, w) * weighted_mean(obs**2, dims, w))
-    return _named(num / den.where(den > 0), "acc")
-
-
-def _named(result: XArray, name: str) -> XArray:
-    if isinstance(result, xr.DataArray):
-        return result.rename(name)
-    return result
+    return named(num / den.where(den > 0), "acc")

@@ -41,6 +41,8 @@ from ._common import (
     find_coord,
     prepare_pair,
     reduce_dims,
+    standard_time,
+    time_dim,
     to_xarray,
     valid_times,
 )
@@ -67,7 +69,7 @@ def nino34_weights(n_leads: int = 12) -> xr.DataArray:
 def find_sst(obj: Any) -> xr.DataArray:
     """The SST variable of a Dataset (by standard_name, then common names, then the only
     variable on a lat/lon grid); a DataArray is returned as it is."""
-    obj = to_xarray(obj)
+    obj = standard_time(to_xarray(obj))
     if isinstance(obj, xr.DataArray):
         return obj
     by_cf = [n for n, v in obj.data_vars.items()
@@ -303,6 +305,8 @@ def nino34_index(
     if protocol not in _PROTOCOLS:
         raise DataError(f"unknown protocol {protocol!r}; expected one of {_PROTOCOLS}")
     field = find_sst(sst)
+    # the index keeps the caller's name of the time dim (find_sst calls it "time")
+    time_name = time_dim(to_xarray(sst)) or TIME
     if protocol == "icar-enso":
         box = _icar_box(field)
         if climatology is not None:
@@ -321,6 +325,8 @@ def nino34_index(
     _, _, along = _time_layout(index)
     index = _smooth(index, along, window, months)
     index = index.drop_vars([c for c in index.coords if c == "month"], errors="ignore")
+    if time_name != TIME and TIME in index.dims:
+        index = index.rename({TIME: time_name})
     index.name = "nino34"
     index.attrs = {
         "long_name": "Nino3.4 index (SST anomaly, 5S-5N 170W-120W)",

@@ -24,14 +24,19 @@ from ._common import (
     Dims,
     XArray,
     area_weights,
+    is_lazy,
+    named,
     prepare_pair,
     reduce_dims,
+    shared_variables,
+    single_variable,
     weighted_mean,
 )
 
 
 def _ensemble_pair(ensemble: Any, observed: Any, member_dim: Hashable):
     ens, obs = prepare_pair(ensemble, observed)
+    shared_variables(ens, obs)
     if member_dim not in ens.dims:
         raise DataError(
             f"the ensemble has dims {list(ens.dims)}; expected a member dim {member_dim!r}. "
@@ -88,7 +93,7 @@ def crps(
     0.0
     """
     ens, obs = _ensemble_pair(ensemble, observed, member_dim)
-    if ens.chunks is not None:
+    if is_lazy(ens):  # (Dataset.chunks is a mapping, never None)
         ens = ens.chunk({member_dim: -1})
     point = xr.apply_ufunc(
         _crps_numpy, ens, obs,
@@ -98,7 +103,7 @@ def crps(
         output_dtypes=[float],
     )
     dims = reduce_dims(point, dim, keep=(LEAD, THRESHOLD))
-    return weighted_mean(point, dims, area_weights(point, weights)).rename("crps")
+    return named(weighted_mean(point, dims, area_weights(point, weights)), "crps")
 
 
 def spread_skill(
@@ -121,6 +126,8 @@ def spread_skill(
     1.4142135623730951
     """
     ens, obs = _ensemble_pair(ensemble, observed, member_dim)
+    # three scores per field: one variable at a time (Datasets of one variable are fine)
+    ens, obs = single_variable(ens, "the ensemble"), single_variable(obs, "observed")
     m = ens.sizes[member_dim]
     var = ens.var(member_dim, ddof=1)
     err2 = (ens.mean(member_dim) - obs) ** 2
@@ -161,7 +168,7 @@ def rank_histogram(
     ranks = xr.DataArray(np.arange(m + 1), dims="rank", coords={"rank": np.arange(m + 1)})
     hit = (rank == ranks) & valid
     dims = reduce_dims(rank, dim, keep=(LEAD, THRESHOLD))
-    return hit.sum(dims).rename("rank_histogram")
+    return named(hit.sum(dims), "rank_histogram")
 
 
 def brier_score(
@@ -195,4 +202,4 @@ def brier_score(
     if fair:
         score = score - prob * (1 - prob) / (m - 1)
     dims = reduce_dims(score, dim, keep=(LEAD, THRESHOLD))
-    return weighted_mean(score, dims, area_weights(score, weights)).rename("brier_score")
+    return named(weighted_mean(score, dims, area_weights(score, weights)), "brier_score")
