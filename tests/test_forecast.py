@@ -6,8 +6,8 @@ import logging
 import os
 import threading
 
-import dask
 import cloudpickle
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from xearthformer import archive as A
 from xearthformer import cf, layout
 from xearthformer import forecast as F
 from xearthformer.checkpoint import Forecaster
+from xearthformer.device import resolve_device
 from xearthformer.errors import ConfigError, DataError, ModelTypeError
 from xearthformer.nn.earthformer import Earthformer
 
@@ -104,7 +105,7 @@ def test_predict_tensor_batches_eval_mode_and_restores_training():
     y2 = F.predict_tensor(net, torch.from_numpy(x), batch_size=None, progress=True)
     np.testing.assert_array_equal(y2, y)
     assert net.calls[-1] == 7                                 # default batch covers 7 samples
-    assert str(F.resolve_device("auto")) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert str(resolve_device("auto")) == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_predict_tensor_errors():

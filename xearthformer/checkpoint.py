@@ -341,7 +341,7 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .training_loop import resolve_device
+    from .device import resolve_device
 
     path = os.fspath(path)
     device = resolve_device(device)  # a bad device fails here, not as a corrupt file

@@ -44,23 +44,6 @@ DEFAULT_BATCH_SIZE = 16
 # ----------------------------------------------------------------------------------------------
 # running the model
 # ----------------------------------------------------------------------------------------------
-def resolve_device(device: Any = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else -> ``torch.device(device)``.
-
-    >>> str(resolve_device("cpu"))
-    'cpu'
-    """
-    import torch
-
-    from .training_loop import explicit_device
-
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, torch.device):
-        return device
-    return explicit_device(device)  # ConfigError for bad names and missing GPUs
-
-
 def _torch_module(model: Any) -> torch.nn.Module:
     import torch
 
@@ -118,6 +101,8 @@ def predict_tensor(
     """
     import torch
     from tqdm.auto import tqdm
+
+    from .device import resolve_device
 
     module = _torch_module(forecaster)
     dev = resolve_device(device)

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import resolve_device
 from .errors import CheckpointError, ConfigError, ShapeError
 
 #: file names inside ``checkpoint_dir``
@@ -251,45 +252,6 @@ def masked_loss_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     clean = torch.where(w > 0, target.float(), torch.zeros((), dtype=torch.float32, device=target.device))
     err = (pred.float() - clean) ** 2
     return (err * w).sum(), w.sum()
-
-
-def resolve_device(device: Any = "auto") -> torch.device:
-    """``"auto"`` -> this process's CUDA device (``LOCAL_RANK`` under torchrun) or the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return explicit_device(device)
-
-
-def explicit_device(device: Any) -> torch.device:
-    """``torch.device(device)``, with a ConfigError for a malformed name or a device this
-    machine lacks (instead of torch's RuntimeError/AssertionError deep inside ``.to()``).
-
-    >>> explicit_device("cpu").type
-    'cpu'
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(
-            f"device {device!r} is not a valid torch device; expected 'auto', 'cpu', 'cuda' or "
-            "'cuda:N'."
-        ) from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {device!r} asks for CUDA, but this PyTorch sees no CUDA GPU "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}). "
-            "Fix: use device='auto' or 'cpu', or install a CUDA build of PyTorch."
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-            f"(0..{torch.cuda.device_count() - 1}). Fix: pick one of those or device='auto'."
-        )
-    return dev
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
