@@ -223,7 +223,9 @@ def write_forecast(
     import glob
     import shutil
 
-    from tqdm.auto import tqdm
+    from .progress import tqdm_class
+
+    tqdm = tqdm_class()
 
     if format not in ("zarr", "netcdf"):
         raise ConfigError(f"format must be 'zarr' or 'netcdf', got {format!r}.")

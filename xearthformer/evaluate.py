@@ -106,7 +106,9 @@ def _check_fit(forecaster: Any, context: int, lead: int, shape: tuple[int, int],
 
 
 def _batches(n: int, batch_size: int, progress: bool | None, desc: str):
-    from tqdm.auto import tqdm
+    from .progress import tqdm_class
+
+    tqdm = tqdm_class()
 
     starts = range(0, n, batch_size)
     return tqdm(starts, total=len(starts), desc=desc, unit="batch",

@@ -100,7 +100,9 @@ def predict_tensor(
     (3, 2, 4, 4, 1)
     """
     import torch
-    from tqdm.auto import tqdm
+    from .progress import tqdm_class
+
+    tqdm = tqdm_class()
 
     from .device import resolve_device
 

@@ -151,7 +151,9 @@ def download(
     >>> download("https://example.org/w.pt", "/tmp/w.pt")        # doctest: +SKIP
     PosixPath('/tmp/w.pt')
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm_class
+
+    tqdm = tqdm_class()
 
     dest = Path(dest).expanduser()
     part = dest.with_name(dest.name + ".part")

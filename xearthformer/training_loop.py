@@ -525,7 +525,9 @@ def fit(
         path = (ckdir / LAST_STATE) if resume is True and ckdir is not None else Path(resume)  # type: ignore[arg-type]
         run = _restore(path, model, optimizer, scaler, config, rank)
 
-    from tqdm.auto import tqdm
+    from .progress import tqdm_class
+
+    tqdm = tqdm_class()
 
     # tqdm's disable=None hides bars when not on a terminal; other ranks never show them.
     disable = (None if config.progress is None else not config.progress) if rank == 0 else True
