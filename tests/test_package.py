@@ -38,3 +38,16 @@ def test_import_is_cheap_and_does_not_load_torch():
     code = "import sys, xearthformer; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_progress_bars_fall_back_to_text_without_jupyter_widgets(monkeypatch):
+    import importlib.util
+
+    import tqdm.std
+
+    from xearthformer.progress import tqdm_class
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    assert tqdm_class() is tqdm.std.tqdm
