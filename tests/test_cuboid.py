@@ -240,6 +240,11 @@ def self_cases(draw):
 @settings(max_examples=150, deadline=None)
 @given(self_cases())
 def test_self_attention_matches_brute_force(case):
+    check_self_attention(case)
+
+
+def check_self_attention(case):
+    """Random weights and inputs for a drawn case; outputs (and global vectors) vs brute force."""
     grid, decomposition, options, batch, seed = case
     attn = CuboidSelfAttention(dim=8, num_heads=2, decomposition=decomposition, **options).eval()
     _randomise(attn, seed)
@@ -273,6 +278,11 @@ def cross_cases(draw):
 @settings(max_examples=150, deadline=None)
 @given(cross_cases())
 def test_cross_attention_matches_brute_force(case):
+    check_cross_attention(case)
+
+
+def check_cross_attention(case):
+    """Random weights and inputs for a drawn case; cross-attention output vs brute force."""
     (t_x, t_m, h, w), decomposition, options, seed = case
     attn = CuboidCrossAttention(8, 2, decomposition, max_temporal_relative=t_x + t_m + 1, **options).eval()
     _randomise(attn, seed)
@@ -372,33 +382,15 @@ class _fused_attention:
 @settings(max_examples=40, deadline=None)
 @given(self_cases())
 def test_fused_self_attention_path_matches_brute_force(case):
-    grid, decomposition, options, batch, seed = case
-    attn = CuboidSelfAttention(dim=8, num_heads=2, decomposition=decomposition, **options).eval()
-    _randomise(attn, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, *grid, 8, generator=gen)
     with _fused_attention():
-        if options["use_global_vector"]:
-            g = torch.randn(batch, 3, 8 * options.get("global_dim_ratio", 1), generator=gen)
-            out, new_g = attn(x, g)
-            ref, ref_g = reference_self(attn, x, g)
-            _close(new_g, ref_g)
-        else:
-            out, ref = attn(x), reference_self(attn, x)
-    _close(out, ref)
+        check_self_attention(case)
 
 
 @settings(max_examples=40, deadline=None)
 @given(cross_cases())
 def test_fused_cross_attention_path_matches_brute_force(case):
-    (t_x, t_m, h, w), decomposition, options, seed = case
-    attn = CuboidCrossAttention(8, 2, decomposition, max_temporal_relative=t_x + t_m + 1, **options).eval()
-    _randomise(attn, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x, mem = torch.randn(2, t_x, h, w, 8, generator=gen), torch.randn(2, t_m, h, w, 8, generator=gen)
-    g = torch.randn(2, 3, 8, generator=gen) if options["use_global_vector"] else None
     with _fused_attention():
-        _close(attn(x, mem, g), reference_cross(attn, x, mem, g))
+        check_cross_attention(case)
 
 
 def test_both_attention_paths_give_the_same_gradients():
