@@ -286,3 +286,21 @@ def test_pairs_of_observations_keep_their_own_time_dim_name():
     got = metrics.rmse(shifted, obs, dim=["TIME", "LATITUDE", "LONGITUDE"])
     np.testing.assert_allclose(got.SST.values, 1.0, rtol=1e-6)
     assert "TIME" in metrics.mae(shifted.SST, obs.SST, dim=["LATITUDE", "LONGITUDE"]).dims
+
+
+def test_continuous_scores_do_not_inherit_input_or_weight_attributes():
+    import numpy as np
+    import xarray as xr
+
+    from xearthformer import metrics
+
+    lat = xr.DataArray([-5.0, 0.0, 5.0], dims="lat",
+                       attrs={"standard_name": "latitude", "units": "degrees_north", "axis": "Y"})
+    fc = xr.Dataset({"sst": (("lead_time", "lat"), np.ones((2, 3)), {"units": "K"})},
+                    coords={"lead_time": [1, 2], "lat": lat}, attrs={"Conventions": "CF-1.8"})
+    ob = fc + 1.0
+    for score in (metrics.rmse(fc, ob, weights="coslat"), metrics.rmse(fc.sst, ob.sst, weights="coslat")):
+        assert "Conventions" not in score.attrs and "axis" not in score.attrs
+        values = score["sst"] if isinstance(score, xr.Dataset) else score
+        assert "standard_name" not in values.attrs and "units" not in values.attrs
+        np.testing.assert_allclose(values.values, 1.0)

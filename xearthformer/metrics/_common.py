@@ -366,10 +366,18 @@ def weighted_mean(values: XArray, dims: list[Hashable], weights: xr.DataArray | 
 
 
 def named(result: XArray, name: str) -> XArray:
-    """A DataArray score renamed ``name``; a Dataset (one score per variable) as it is."""
-    if isinstance(result, xr.DataArray):
-        return result.rename(name)
-    return result
+    """A DataArray score renamed ``name``; a Dataset keeps one score per variable.
+
+    Attributes inherited along the way (the variable's units, a weights coordinate's
+    ``standard_name: latitude``, the forecast's ``Conventions``/``history``) describe the inputs,
+    not the score, so they are replaced by a ``long_name`` saying what the score is.
+    """
+    out = (result.rename(name) if isinstance(result, xr.DataArray) else result).copy(deep=False)
+    out.attrs = {"long_name": name} if isinstance(out, xr.DataArray) else {}
+    if isinstance(out, xr.Dataset):
+        for var in out.data_vars:
+            out[var].attrs = {"long_name": f"{name} of {var}"}
+    return out
 
 
 def both_valid(forecast: XArray, observed: XArray) -> XArray:
