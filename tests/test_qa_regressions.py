@@ -304,3 +304,18 @@ def test_continuous_scores_do_not_inherit_input_or_weight_attributes():
         values = score["sst"] if isinstance(score, xr.Dataset) else score
         assert "standard_name" not in values.attrs and "units" not in values.attrs
         np.testing.assert_allclose(values.values, 1.0)
+
+
+
+def test_a_flipped_bit_in_the_weights_is_detected(bundle, tmp_path):
+    # safetensors has no checksum: the bundle's header carries one (was: loaded silently)
+    raw, _ = bundle
+    damaged = bytearray(raw)
+    damaged[-100] ^= 0x01  # the tail of the file is tensor data, after the JSON header
+    path = tmp_path / "flipped.xef"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        xearthformer.load(path)
+    intact = tmp_path / "intact.xef"
+    intact.write_bytes(raw)
+    assert isinstance(xearthformer.load(intact), xearthformer.Forecaster)

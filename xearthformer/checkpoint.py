@@ -14,6 +14,7 @@ are what users share.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -189,6 +190,7 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
         "model_config": json.dumps(model.config.to_dict()),
         "spec": json.dumps(spec.to_dict()),
         "metadata": json.dumps(forecaster.metadata, default=str),
+        "tensors_sha256": tensors_digest(tensors),
     }
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -205,6 +207,22 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def tensors_digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order).
+
+    Stored in the bundle's header, it lets :func:`load` detect damaged weights: safetensors
+    itself has no checksum, so a flipped bit would otherwise load silently.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 _RESAVE = ("The bundle's header was edited or damaged. Fix: save the model again with "
@@ -242,7 +260,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
         ``format``, ``format_version`` (int), ``xearthformer_version``, ``model_class``,
-        ``model_config`` (dict), ``spec`` (dict), ``metadata`` (dict).
+        ``model_config`` (dict), ``spec`` (dict), ``metadata`` (dict), ``tensors_sha256``
+        (the checksum of the weights, see :func:`tensors_digest`).
 
     Raises
     ------
@@ -297,6 +316,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             "model_config": _json_object(meta, "model_config"),
             "spec": _json_object(meta, "spec"),
             "metadata": _json_object(meta, "metadata", "{}"),
+            "tensors_sha256": meta["tensors_sha256"],
         }
     except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(
@@ -368,6 +388,11 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
             f"{path}: the weights cannot be read ({err}); the file is truncated or damaged "
             f"({os.path.getsize(path)} bytes). Fix: copy or download it again, or re-save the model."
         ) from err
+    if meta["tensors_sha256"] != tensors_digest(tensors):
+        raise CheckpointError(
+            f"{path}: the weights do not match the checksum in the bundle's header: the file is "
+            "damaged (or its header was edited). Fix: copy or download it again, or re-save the model."
+        )
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     arrays = {k[len("spec."):]: v.cpu().numpy() for k, v in tensors.items() if k.startswith("spec.")}
     try:
