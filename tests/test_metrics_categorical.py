@@ -255,3 +255,16 @@ def test_sevir_protocol_reproduces_official_metric(mode):
     # the official "bias" is (FB / ln 2)^2; ours is the true frequency bias
     fb = metrics.frequency_bias(pred, target, THR, **kw)
     np.testing.assert_allclose((fb.isel(threshold=0) / np.log(2)) ** 2, ref[16]["bias"], rtol=1e-4)
+
+
+def test_scores_from_counts_equal_the_scores_computed_directly():
+    from xearthformer.metrics import contingency, csi, pod, scores_from_counts, sucr
+
+    rng = np.random.default_rng(3)
+    fc = xr.DataArray(rng.uniform(0, 255, (4, 3, 8, 8)), dims=("init_time", "lead_time", "y", "x"))
+    ob = xr.DataArray(rng.uniform(0, 255, (4, 3, 8, 8)), dims=fc.dims)
+    thr = [16, 133, 219]
+    for protocol, eps in ((None, 0.0), ("sevir", 1e-4)):
+        got = scores_from_counts(contingency(fc, ob, thr, protocol=protocol), eps)
+        for name, direct in (("csi", csi), ("pod", pod), ("sucr", sucr)):
+            np.testing.assert_allclose(got[name].values, direct(fc, ob, thr, protocol=protocol).values)

@@ -118,18 +118,12 @@ def _batches(n: int, batch_size: int, progress: bool | None, desc: str):
 # ----------------------------------------------------------------------------------------------
 # SEVIR
 # ----------------------------------------------------------------------------------------------
-def _sevir_scores(counts: xr.Dataset, eps: float) -> xr.Dataset:
-    """Official SEVIR scores from summed counts (``h / (h + m + f + eps)`` etc.)."""
-    h, m, f = (counts[k].astype(float) for k in ("hits", "misses", "false_alarms"))
-    return xr.Dataset({"csi": h / (h + m + f + eps), "pod": h / (h + m + eps), "sucr": h / (h + f + eps)})
-
-
 def _evaluate_sevir(forecaster: Any, data_dir: Any, split: str, batch_size: int, device: Any,
                     max_samples: int | None, official_batching: bool, progress: bool | None
                     ) -> xr.Dataset:
     from .data import sevir
     from .forecast import predict_tensor
-    from .metrics import contingency
+    from .metrics import contingency, scores_from_counts
     from .metrics.categorical import SEVIR_EPS, SEVIR_THRESHOLDS
 
     win = sevir.sevir_windows(data_dir, split=split)
@@ -161,8 +155,8 @@ def _evaluate_sevir(forecaster: Any, data_dir: Any, split: str, batch_size: int,
         sq += float(np.square(err).sum())
         ab += float(np.abs(err).sum())
     size = n * n_out * var.shape[2] * var.shape[3]
-    pooled = _sevir_scores(counts.sum("lead_time"), SEVIR_EPS)
-    by_lead = _sevir_scores(counts, SEVIR_EPS)
+    pooled = scores_from_counts(counts.sum("lead_time"), SEVIR_EPS)
+    by_lead = scores_from_counts(counts, SEVIR_EPS)
     out = xr.Dataset(
         {
             "csi_m": pooled.csi.mean("threshold"),

@@ -5,7 +5,8 @@ Every score takes xarray objects (numpy arrays and torch tensors work too), redu
 points and stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's
 2-D ``valid_time``. Modules, one job each:
 
-* :mod:`~xearthformer.metrics.categorical`: contingency, csi, pod, sucr, frequency_bias, csi_m
+* :mod:`~xearthformer.metrics.categorical`: contingency, csi, pod, sucr, frequency_bias, csi_m,
+  scores_from_counts
 * :mod:`~xearthformer.metrics.continuous`: mse, mae, rmse, mean_bias, acc
 * :mod:`~xearthformer.metrics.enso`: nino34_index, c_nino34, nino34_skill
 * :mod:`~xearthformer.metrics.probabilistic`: crps, spread_skill, rank_histogram, brier_score
@@ -28,6 +29,7 @@ from .categorical import (
     frequency_bias,
     max_pool,
     pod,
+    scores_from_counts,
     sucr,
 )
 from .continuous import acc, mae, mean_bias, mse, rmse
@@ -57,6 +59,7 @@ __all__ = [
     "pod",
     "rank_histogram",
     "rmse",
+    "scores_from_counts",
     "spread_skill",
     "sucr",
 ]

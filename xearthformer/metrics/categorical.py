@@ -242,6 +242,22 @@ def _fbias(c: xr.Dataset, eps: float) -> xr.DataArray:
     return _ratio(c.hits + c.false_alarms, c.hits + c.misses, eps)
 
 
+def scores_from_counts(counts: xr.Dataset, eps: float = 0.0) -> xr.Dataset:
+    """CSI, POD, SUCR and frequency bias from contingency counts.
+
+    For counts accumulated elsewhere (e.g. summed batch by batch over a test set): the same
+    formulas as :func:`csi` and friends. ``eps`` is added to every denominator (the SEVIR
+    protocol uses ``SEVIR_EPS``); with ``eps=0`` a zero denominator gives NaN.
+
+    >>> import xarray as xr
+    >>> c = xr.Dataset({"hits": 2, "misses": 1, "false_alarms": 1})
+    >>> float(scores_from_counts(c).csi)
+    0.5
+    """
+    return xr.Dataset({"csi": _csi(counts, eps), "pod": _pod(counts, eps),
+                       "sucr": _sucr(counts, eps), "frequency_bias": _fbias(counts, eps)})
+
+
 def _score(
     formula: Callable[[xr.Dataset, float], xr.DataArray],
     name: str,
