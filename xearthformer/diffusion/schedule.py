@@ -219,9 +219,7 @@ class NoiseSchedule:
 
     def gather(self, values: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
         """``values[t]`` shaped (N, 1, ..., 1) to broadcast against ``like``, in its dtype."""
-        t = self.timesteps_for(t, like)
-        out = values.to(like.device)[t].to(like.dtype)
-        return out.reshape(-1, *([1] * (like.ndim - 1)))
+        return take(values, self.timesteps_for(t, like), like)
 
     # ------------------------------------------------------------------ forward process
     def add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
@@ -276,6 +274,12 @@ class NoiseSchedule:
         if target == "eps":
             return eps
         return sqrt_ab * eps - sqrt_1m * x0
+
+
+def take(values: Tensor, index: Tensor, like: Tensor) -> Tensor:
+    """``values[index]`` for a long tensor (N,), shaped (N, 1, ..., 1) like ``like``, in its dtype."""
+    out = values.to(like.device)[index.to(like.device)].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
