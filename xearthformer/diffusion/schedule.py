@@ -225,15 +225,17 @@ class NoiseSchedule:
     def add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise (the official ``q_sample``)."""
         _same_shape(x0, noise, "x0", "noise")
-        return (self.gather(self.sqrt_alphas_cumprod, t, x0) * x0
-                + self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        t = self.timesteps_for(t, x0)
+        return (take(self.sqrt_alphas_cumprod, t, x0) * x0
+                + take(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     def v_target(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """The v-prediction training target v = sqrt(alpha_bar_t) noise - sqrt(1-alpha_bar_t) x0
         (Salimans & Ho 2022) for x_t = ``add_noise(x0, noise, t)``."""
         _same_shape(x0, noise, "x0", "noise")
-        return (self.gather(self.sqrt_alphas_cumprod, t, x0) * noise
-                - self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+        t = self.timesteps_for(t, x0)
+        return (take(self.sqrt_alphas_cumprod, t, x0) * noise
+                - take(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
     def convert(self, output: Tensor, x_t: Tensor, t: int | Tensor, *, source: str,
                 target: str) -> Tensor:
@@ -256,17 +258,22 @@ class NoiseSchedule:
         _same_shape(output, x_t, "model output", "x_t")
         if source == target:
             return output
-        sqrt_ab = self.gather(self.sqrt_alphas_cumprod, t, x_t)
-        sqrt_1m = self.gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        t = self.timesteps_for(t, x_t)
         if source == "eps":
             eps = output
-            x0 = (self.gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                  - self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+            x0 = (take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                  - take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+            if target == "x0":
+                return x0
         elif source == "x0":
             x0 = output
-            eps = (self.gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / \
-                self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
-        else:  # v: x0 and eps are rotations of (x_t, v) since alpha^2 + sigma^2 = 1
+            eps = (take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / \
+                take(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+            if target == "eps":
+                return eps
+        sqrt_ab = take(self.sqrt_alphas_cumprod, t, x_t)
+        sqrt_1m = take(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if source == "v":  # v: x0 and eps are rotations of (x_t, v) since alpha^2 + sigma^2 = 1
             x0 = sqrt_ab * x_t - sqrt_1m * output
             eps = sqrt_1m * x_t + sqrt_ab * output
         if target == "x0":
