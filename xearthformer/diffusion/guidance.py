@@ -1,4 +1,4 @@
-r"""Knowledge control (PreDiff's knowledge alignment) as a wrapper of the denoiser's output, so
+"""Knowledge control (PreDiff's knowledge alignment) as a wrapper of the denoiser's output, so
 that DDPM, DDIM (eta = 0 included) and DPM-Solver++ are all guided by the same code.
 
 A differentiable statistic ``f(x_t, t) -> (N, K)`` (e.g. the alignment network's prediction of
@@ -7,36 +7,38 @@ gradient of the error norm U.
 
 Derivation (classifier guidance: Dhariwal & Nichol 2021; Song et al. 2021)
 -----------------------------------------------------------------------------
-We want to sample from the tilted marginals  p~_t(x) ∝ p_t(x) exp(-γ U(x, t)).  Their score is
+We want to sample from the tilted marginals  p~_t(x) ~ p_t(x) exp(-gamma U(x, t)).  Their score is
 
-    ∇ log p~_t(x) = ∇ log p_t(x) - γ ∇U(x, t).
+    grad log p~_t(x) = grad log p_t(x) - gamma grad U(x, t).
 
-An eps-prediction model estimates the score as ∇ log p_t(x_t) = -eps(x_t, t) / σ_t with
-σ_t = sqrt(1 - ᾱ_t), so the tilted score is that of the *guided noise prediction*
+An eps-prediction model estimates the score as grad log p_t(x_t) = -eps(x_t, t) / sigma_t with
+sigma_t = sqrt(1 - alpha_bar_t), so the tilted score is that of the *guided noise prediction*
 
-    eps~ = eps + γ σ_t ∇_{x_t} U,        equivalently   x0~ = x0 - γ (σ_t² / sqrt(ᾱ_t)) ∇_{x_t} U.
+    eps~ = eps + gamma sigma_t grad_x U,
+    equivalently  x0~ = x0 - gamma (sigma_t^2 / sqrt(alpha_bar_t)) grad_x U.
 
 This changes the model, not the solver: DDPM (any respacing), DDIM (any eta) and DPM-Solver++
 all integrate the same guided reverse SDE/ODE and converge to the same guided distribution as
-their steps grow, so the strength γ (``scale``) does not depend on the number of steps. In a
-1000-step DDPM the mean then moves by -(β_t / sqrt(1 - β_t)) γ ∇U per step, the Σ-scaled
-shift of Dhariwal & Nichol (Σ ≈ β_t).
+their steps grow, so the strength gamma (``scale``) does not depend on the number of steps. In
+a 1000-step DDPM the mean then moves by -(beta_t / sqrt(1 - beta_t)) gamma grad U per step: the
+Sigma-scaled shift of Dhariwal & Nichol (Sigma ~ beta_t).
 
-The official PreDiff step instead subtracts  sqrt(β~_t) * guide_scale * ∇U  from each DDPM mean
-(β~_t: the posterior variance). Per step that scales with the posterior *std*, so over n
-respaced steps the total pull grows like sqrt(n), and it vanishes for DDIM with eta = 0. It
-matches γ(t) ≈ guide_scale / sqrt(β_t) here (≈ 350 at t = 999 to 5000 at t = 1 for
-guide_scale 50): there is no single equivalent ``scale``. ``parity=True`` reproduces it.
+The official PreDiff step instead subtracts  sqrt(beta~_t) * guide_scale * grad U  from each DDPM
+mean (beta~_t: the posterior variance). Per step that scales with the posterior *std*, so over n
+respaced steps the total pull grows like sqrt(n), and it vanishes for DDIM with eta = 0. At 1000
+steps it equals gamma(t) = guide_scale sqrt(beta~_t (1 - beta_t)) / beta_t here (for guide_scale
+50: 350 at t = 999, 657 at t = 500, 4186 at t = 10): there is no single equivalent ``scale``.
+``parity=True`` reproduces it.
 
 The error norm
 --------------
-Default: U = Σ_n ||f_n - y_n||_2, the L2 norm (not squared, as the official) **per sample**;
+Default: U = sum_n ||f_n - y_n||_2, the L2 norm (not squared, as the official) **per sample**;
 member n's gradient depends on member n alone, so an ensemble member is bit-for-bit the same
 alone or in a batch, as long as ``f`` treats samples independently (eval mode, no batch
 statistics). ``parity=True``: the official ``alignment_fn``, ONE L2 norm over the whole batch,
 U = ||f - y||_2, whose gradient for member n is scaled by 1 / U, a function of its batch-mates:
 parity mode is therefore **exempt from the per-member seed guarantee**. It is valid with DDPM
-only, where it shifts the mean by -exp(0.5 posterior_log_variance_clipped_t) * scale * ∇U
+only, where it shifts the mean by -exp(0.5 posterior_log_variance_clipped_t) * scale * grad U
 exactly as the official ``aligned_mean`` (same noise, same std); the official scale is
 :data:`OFFICIAL_GUIDE_SCALE`.
 
@@ -82,7 +84,7 @@ class KnowledgeControl:
     target
         The wanted statistic, shape (N, K) (one row per sample in the batch being sampled).
     scale
-        Guidance strength: γ of the derivation above (default mode), or the official
+        Guidance strength: gamma of the derivation above (default mode), or the official
         ``guide_scale`` (parity mode; :data:`OFFICIAL_GUIDE_SCALE`). 0 disables guidance.
     parity
         Reproduce the official DDPM step exactly (one L2 norm over the whole batch, mean shift

@@ -171,6 +171,7 @@ class NoiseSchedule:
         device = explicit_device(device)
         new = object.__new__(NoiseSchedule)
         new.__dict__.update(self.__dict__)
+        new.params = dict(self.params)
         for key in BUFFERS:
             setattr(new, key, getattr(self, key).to(device))
         return new
