@@ -1,12 +1,13 @@
 """Verification scores for forecasts on labelled (xarray) data.
 
 Every score takes xarray objects (numpy arrays and torch tensors work too), reduces over
-``dim`` (default: every dim except ``lead_time``, ``threshold`` and ``member``), skips NaN
-points and stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's
+``dim`` (default: every dim except ``lead_time``, ``threshold``, ``member`` and
+``control``), skips NaN points and stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's
 2-D ``valid_time``. Modules, one job each:
 
 * :mod:`~xearthformer.metrics.categorical`: contingency, csi, pod, sucr, frequency_bias, csi_m,
-  scores_from_counts
+  ensemble_csi, scores_from_counts
+* :mod:`~xearthformer.metrics.pooling`: pool, max_pool (the one pooling of CSI and CRPS)
 * :mod:`~xearthformer.metrics.continuous`: mse, mae, rmse, mean_bias, acc
 * :mod:`~xearthformer.metrics.enso`: nino34_index, c_nino34, nino34_skill
 * :mod:`~xearthformer.metrics.probabilistic`: crps, spread_skill, rank_histogram, brier_score
@@ -26,8 +27,8 @@ from .categorical import (
     contingency,
     csi,
     csi_m,
+    ensemble_csi,
     frequency_bias,
-    max_pool,
     pod,
     scores_from_counts,
     sucr,
@@ -35,6 +36,7 @@ from .categorical import (
 from .continuous import acc, mae, mean_bias, mse, rmse
 from .enso import c_nino34, monthly_climatology, nino34_index, nino34_skill, nino34_weights
 from .plot import plot_by_lead
+from .pooling import max_pool, pool
 from .probabilistic import brier_score, crps, rank_histogram, spread_skill
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "crps",
     "csi",
     "csi_m",
+    "ensemble_csi",
     "frequency_bias",
     "mae",
     "max_pool",
@@ -57,6 +60,7 @@ __all__ = [
     "nino34_weights",
     "plot_by_lead",
     "pod",
+    "pool",
     "rank_histogram",
     "rmse",
     "scores_from_counts",

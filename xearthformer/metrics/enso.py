@@ -32,6 +32,7 @@ import xarray as xr
 
 from ..errors import DataError
 from ._common import (
+    CONTROL,
     INIT,
     LEAD,
     MEMBER,
@@ -346,7 +347,7 @@ def c_nino34(
     """Correlation skill of a Nino3.4 index forecast, per lead and summarised.
 
     ``cor`` per lead is the Pearson correlation over ``dim`` (default: every dim but
-    ``lead_time`` and ``member``, normally ``init_time``), skipping NaN pairs.
+    ``lead_time``, ``member`` and ``control``, normally ``init_time``), skipping NaN pairs.
     ``c_nino34_m`` is its mean over leads; ``c_nino34_wm`` is
     ``sum_l a_l ln(l) cor_l / L`` (see :func:`nino34_weights`), as in the Earthformer paper
     (a perfect 12-lead forecast gives 3.4059); ``l`` counts the leads 1..L in order, whatever
@@ -365,7 +366,7 @@ def c_nino34(
         raise DataError(f"the forecast index has dims {list(fc.dims)}; expected 'lead_time'")
     valid = fc.notnull() & obs.notnull()
     fc, obs = fc.where(valid), obs.where(valid)
-    dims = reduce_dims(valid, dim, keep=(LEAD, MEMBER))
+    dims = reduce_dims(valid, dim, keep=(LEAD, MEMBER, CONTROL))
     fa = fc - fc.mean(dims)
     oa = obs - obs.mean(dims)
     num = (fa * oa).sum(dims)
