@@ -1,16 +1,19 @@
 """Verification scores for forecasts on labelled (xarray) data.
 
 Every score takes xarray objects (numpy arrays and torch tensors work too), reduces over
-``dim`` (default: every dim except ``lead_time``, ``threshold``, ``member`` and
-``control``), skips NaN points and stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's
-2-D ``valid_time``. Modules, one job each:
+``dim`` (default: every dim except ``lead_time``, ``threshold``, ``member`` and ``control``;
+scores over members keep ``lead_time``, ``threshold`` and ``control``), skips NaN points and
+stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's 2-D
+``valid_time``. Modules, one job each:
 
 * :mod:`~xearthformer.metrics.categorical`: contingency, csi, pod, sucr, frequency_bias, csi_m,
   ensemble_csi, scores_from_counts
-* :mod:`~xearthformer.metrics.pooling`: pool, max_pool (the one pooling of CSI and CRPS)
 * :mod:`~xearthformer.metrics.continuous`: mse, mae, rmse, mean_bias, acc
 * :mod:`~xearthformer.metrics.enso`: nino34_index, c_nino34, nino34_skill
-* :mod:`~xearthformer.metrics.probabilistic`: crps, spread_skill, rank_histogram, brier_score
+* :mod:`~xearthformer.metrics.probabilistic`: crps (plain, fair, pooled), spread_skill,
+  rank_histogram, rank_histogram_flatness, brier_score
+* :mod:`~xearthformer.metrics.products`: probability, quantile (ensemble products, CF)
+* :mod:`~xearthformer.metrics.pooling`: pool, max_pool (the one pooling of CSI and CRPS)
 * :mod:`~xearthformer.metrics.plot`: plot_by_lead
 
 >>> import numpy as np, xarray as xr
@@ -37,7 +40,14 @@ from .continuous import acc, mae, mean_bias, mse, rmse
 from .enso import c_nino34, monthly_climatology, nino34_index, nino34_skill, nino34_weights
 from .plot import plot_by_lead
 from .pooling import max_pool, pool
-from .probabilistic import brier_score, crps, rank_histogram, spread_skill
+from .probabilistic import (
+    brier_score,
+    crps,
+    rank_histogram,
+    rank_histogram_flatness,
+    spread_skill,
+)
+from .products import probability, quantile
 
 __all__ = [
     "SEVIR_THRESHOLDS",
@@ -61,7 +71,10 @@ __all__ = [
     "plot_by_lead",
     "pod",
     "pool",
+    "probability",
+    "quantile",
     "rank_histogram",
+    "rank_histogram_flatness",
     "rmse",
     "scores_from_counts",
     "spread_skill",
