@@ -12,9 +12,14 @@ stays lazy on Dask input. Observations on ``time`` are aligned to a forecast's 2
 * :mod:`~xearthformer.metrics.enso`: nino34_index, c_nino34, nino34_skill
 * :mod:`~xearthformer.metrics.probabilistic`: crps (plain, fair, pooled), spread_skill,
   rank_histogram, rank_histogram_flatness, brier_score
+* :mod:`~xearthformer.metrics.events`: reliability, roc (probabilities of threshold events)
+* :mod:`~xearthformer.metrics.neighbourhood`: fss (fractions skill score)
+* :mod:`~xearthformer.metrics.spectral`: rapsd (radially averaged power spectra)
 * :mod:`~xearthformer.metrics.products`: probability, quantile (ensemble products, CF)
 * :mod:`~xearthformer.metrics.pooling`: pool, max_pool (the one pooling of CSI and CRPS)
 * :mod:`~xearthformer.metrics.plot`: plot_by_lead
+* :mod:`~xearthformer.metrics.ensemble_plots`: plot_rank_histogram, plot_reliability,
+  plot_rapsd, plot_members
 
 >>> import numpy as np, xarray as xr
 >>> from xearthformer import metrics
@@ -37,7 +42,10 @@ from .categorical import (
     sucr,
 )
 from .continuous import acc, mae, mean_bias, mse, rmse
+from .ensemble_plots import plot_members, plot_rank_histogram, plot_rapsd, plot_reliability
 from .enso import c_nino34, monthly_climatology, nino34_index, nino34_skill, nino34_weights
+from .events import reliability, roc
+from .neighbourhood import fss
 from .plot import plot_by_lead
 from .pooling import max_pool, pool
 from .probabilistic import (
@@ -48,6 +56,7 @@ from .probabilistic import (
     spread_skill,
 )
 from .products import probability, quantile
+from .spectral import rapsd
 
 __all__ = [
     "SEVIR_THRESHOLDS",
@@ -60,6 +69,7 @@ __all__ = [
     "csi_m",
     "ensemble_csi",
     "frequency_bias",
+    "fss",
     "mae",
     "max_pool",
     "mean_bias",
@@ -69,13 +79,20 @@ __all__ = [
     "nino34_skill",
     "nino34_weights",
     "plot_by_lead",
+    "plot_members",
+    "plot_rank_histogram",
+    "plot_rapsd",
+    "plot_reliability",
     "pod",
     "pool",
     "probability",
     "quantile",
     "rank_histogram",
     "rank_histogram_flatness",
+    "rapsd",
+    "reliability",
     "rmse",
+    "roc",
     "scores_from_counts",
     "spread_skill",
     "sucr",
