@@ -43,6 +43,9 @@ def _only_dims(obj: xr.DataArray, allowed: tuple[Hashable, ...], what: str,
 
 
 def _label(dim: Hashable, value: Any) -> str:
+    if isinstance(value, np.timedelta64):
+        minutes = value / np.timedelta64(1, "m")
+        return f"{dim}={minutes / 60:g} h" if minutes % 60 == 0 else f"{dim}={minutes:g} min"
     if isinstance(value, (float, np.floating)):
         return f"{dim}={value:g}"
     return f"{dim}={value}"
@@ -88,6 +91,7 @@ def plot_rank_histogram(histogram: xr.DataArray, ax: Any = None, rank_dim: Hasha
         ax.set_title(f"chi2 = {float(test.chi2):.1f} (dof {int(test.dof)}), "
                      f"p = {float(test.p_value):.2g}", fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -129,13 +133,15 @@ def plot_reliability(diagram: xr.Dataset, hue: Hashable | None = None) -> Any:
         x = np.where(np.isnan(x), sel[BIN_DIM].values, x)
         label = "ensemble" if value is None else _label(line_dim, value)
         top.plot(x, sel["observed_frequency"].values, marker="o", label=label)
-        bottom.step(sel[BIN_DIM].values, sel["count"].values, where="mid", label=label)
+        counts = sel["count"].values.astype(float)
+        bottom.step(sel[BIN_DIM].values, np.where(counts > 0, counts, np.nan), where="mid",
+                    marker=".", label=label)
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("observed relative frequency")
     top.legend(fontsize=8)
     top.grid(True, alpha=0.3)
-    bottom.set_yscale("symlog")
+    bottom.set_yscale("log")  # sharpness spans decades: most forecasts say 0 or 1
     bottom.set_xlabel("forecast probability")
     bottom.set_ylabel("forecasts")
     fig.tight_layout()
@@ -189,6 +195,7 @@ def plot_rapsd(spectra: xr.DataArray | xr.Dataset, hue: Hashable | None = None,
     ax.set_ylabel("power spectral density")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -246,7 +253,9 @@ def plot_members(
     rows: list[tuple[str, list[np.ndarray], list[str]]] = []
     lead_numbers, lead_unit = _lead_values(one[LEAD]) if LEAD in one.coords else \
         (np.arange(1, n_leads + 1), "lead")
-    lead_titles = [f"+{v:g} {lead_unit.split('(')[-1].rstrip(')')}" for v in lead_numbers]
+    unit = lead_unit.split("(")[-1].rstrip(")") if "(" in lead_unit else ""
+    unit = {"minutes": "min", "hours": "h", "days": "d"}.get(unit, unit)
+    lead_titles = [f"+{v:g} {unit}".rstrip() for v in lead_numbers]
     if context is not None:
         rows.append(_context_row(context, ens[INIT].values[init_index], n_leads, ydim, xdim))
     if truth is not None:

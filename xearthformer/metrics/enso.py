@@ -61,6 +61,9 @@ def nino34_weights(n_leads: int = 12) -> xr.DataArray:
 
     ``a = [1.5]*4 + [2]*7 + [3]*7 + [4]*...`` (the Tianchi AI-Earth weights), truncated to
     ``n_leads``; for 12 leads ``a = [1.5]*4 + [2]*7 + [3]``.
+
+    >>> nino34_weights(3).round(4).values.tolist()
+    [0.0, 1.0397, 1.6479]
     """
     a = ([1.5] * 4 + [2.0] * 7 + [3.0] * 7 + [4.0] * max(0, n_leads - 18))[:n_leads]
     lead = np.arange(1, n_leads + 1)
@@ -188,6 +191,12 @@ def monthly_climatology(sst: Any, base_period: Any = None) -> xr.DataArray:
     ``base_period`` is a ``(start, stop)`` pair or a slice of dates/years, both ends
     inclusive (``("1991", "2020")``); None uses every time. Forecasts are grouped by the
     calendar month of their ``valid_time``. Lazy with Dask input.
+
+    >>> import pandas as pd, xarray as xr
+    >>> sst = xr.DataArray(range(24), dims="time", name="sst",
+    ...                    coords={"time": pd.date_range("2000-01", periods=24, freq="MS")})
+    >>> monthly_climatology(sst).values[:3].tolist()   # Jan: mean of 0 and 12, ...
+    [6.0, 7.0, 8.0]
     """
     sst = find_sst(sst)
     tdims, vtime, _ = _time_layout(sst)

@@ -124,7 +124,7 @@ def reliability(
         "mean_forecast_probability": p_sum / nonzero,
         "count": count.astype("int64"),
         "sharpness": count / total.where(total > 0),
-    })
+    }).transpose(..., BIN_DIM)
     out[BIN_DIM].attrs = {"long_name": "forecast probability (bin centre)", "units": "1"}
     out["observed_frequency"].attrs = {"long_name": "observed relative frequency of the event",
                                        "units": "1"}
@@ -196,7 +196,7 @@ def roc(
     pofd = xr.concat(false_alarms, DECISION_DIM).assign_coords(coords) / \
         n_non_event.where(n_non_event > 0)
     auc = _trapezoid_auc(pod, pofd)
-    out = xr.Dataset({"pod": pod, "pofd": pofd, "auc": auc})
+    out = xr.Dataset({"pod": pod, "pofd": pofd, "auc": auc}).transpose(..., DECISION_DIM)
     out[DECISION_DIM].attrs = {"long_name": "decision threshold on the forecast probability",
                                "units": "1"}
     out["pod"].attrs = {"long_name": "probability of detection (hit rate)", "units": "1"}

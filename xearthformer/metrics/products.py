@@ -24,6 +24,7 @@ Both reduce the ``member`` dim and return CF-described variables that stay lazy 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable
 from typing import Any
 
@@ -115,6 +116,7 @@ def probability(
     if THRESHOLD not in prob.dims:
         prob = prob.assign_coords({THRESHOLD: thr.astype(float)})
     prob[THRESHOLD].attrs = _threshold_coord(thr, da)
+    prob[THRESHOLD].encoding["_FillValue"] = None  # CF: coordinate variables have no fill value
     name = _probability_name(da)
     prob = prob.rename(name)
     methods = " ".join(filter(None, [da.attrs.get("cell_methods", ""), "realization: mean"]))
@@ -168,8 +170,11 @@ def quantile(
                         "For percentiles divide by 100")
     if is_lazy(obj):  # xarray's quantile needs the reduced dim in one chunk
         obj = obj.chunk({member_dim: -1})
-    out = obj.quantile(q, dim=member_dim, method=method, skipna=True, keep_attrs=True)
+    with warnings.catch_warnings():  # NaN where every member is missing, as documented
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        out = obj.quantile(q, dim=member_dim, method=method, skipna=True, keep_attrs=True)
     out["quantile"].attrs = {"long_name": "quantile of the ensemble members", "units": "1"}
+    out["quantile"].encoding["_FillValue"] = None  # CF: coordinate variables have no fill value
     if isinstance(out, xr.Dataset):
         out.attrs = dict(obj.attrs)
     return out
