@@ -96,6 +96,11 @@ def test_pool_equals_block_loop_and_torch(size, stride, how):
     np.testing.assert_allclose(got.values, ref, rtol=1e-12)
     if how == "max":
         xr.testing.assert_identical(metrics.max_pool(da, size, stride), got)
+    # blocks are labelled by the mean of their coordinates, whatever the stride
+    lat = da.assign_coords(y=np.linspace(-20.0, 20.0, 9) ** 3)
+    centres = metrics.pool(lat, size, how, stride=stride).y.values
+    expected = [lat.y.values[i:i + size].mean() for i in range(0, 9 - size + 1, step)]
+    np.testing.assert_allclose(centres, expected)
 
 
 def test_pool_skips_nan_and_refuses_bad_input():

@@ -3,9 +3,10 @@
 Scores at the grid scale punish a storm forecast one pixel off as much as one that is far off.
 Pooling both forecast and observation over ``size x size`` neighbourhoods first scores them
 at a coarser scale: ``method="max"`` asks "is there an event somewhere in the block" (the
-pooled CSI of PreDiff and DGMR), ``method="avg"`` compares block means (the average-pooled
-CRPS of DGMR). One implementation serves every score, so pooled CSI and pooled CRPS see the
-same blocks.
+pooled CSI and max-pooled CRPS of the DGMR and PreDiff papers), ``method="avg"`` compares
+block means (their average-pooled CRPS). One implementation serves every score, so pooled
+CSI and pooled CRPS see the same blocks. The papers' stride is not restated here; the
+default, non-overlapping blocks, is ``pool_stride=pool``.
 
 >>> import numpy as np, xarray as xr
 >>> da = xr.DataArray(np.arange(16.0).reshape(4, 4), dims=("y", "x"))
@@ -108,9 +109,14 @@ def pool(obj: XArray, size: int, method: str = "max", stride: int | None = None,
         return blocks.max() if method == "max" else blocks.mean()
     windows = obj.rolling({ydim: size, xdim: size}).construct({ydim: "_pool_y", xdim: "_pool_x"})
     # rolling windows end at each point: keep those that start at 0, stride, 2 * stride, ...
-    picked = windows.isel({ydim: slice(size - 1, None, stride), xdim: slice(size - 1, None, stride)})
+    starts = {ydim: slice(size - 1, None, stride), xdim: slice(size - 1, None, stride)}
+    picked = windows.isel(starts)
     reduce = picked.max if method == "max" else picked.mean
-    return reduce(["_pool_y", "_pool_x"])
+    out = reduce(["_pool_y", "_pool_x"])
+    # label each block by the mean of its coordinates, as coarsen does (latitude weights)
+    centres = {d: obj[d].rolling({d: size}).mean().isel({d: starts[d]}) for d in (ydim, xdim)
+               if d in obj.coords and obj[d].dtype.kind in "fiu" and obj[d].ndim == 1}
+    return out.assign_coords({d: c.variable for d, c in centres.items()}) if centres else out
 
 
 def max_pool(obj: XArray, size: int, stride: int | None = None,

@@ -99,8 +99,9 @@ def crps(
     weights
         None, ``"coslat"`` or a DataArray.
     pool
-        Pooled CRPS (as DGMR and PreDiff report it at 1, 4 and 16 px): pool each member and
-        the observation over ``pool x pool`` blocks first, then score. ``pool_method``
+        Pooled CRPS, the multi-scale score of the DGMR and PreDiff papers (pools of 1, 4 and
+        16 px, average and max): pool each member and the observation over ``pool x pool``
+        blocks first, then score (the official PreDiff code has no CRPS). ``pool_method``
         ``"max"`` (default) or ``"avg"``, ``pool_stride`` (default ``pool``: non-overlapping
         blocks) and ``pool_dims`` (default the lat/lon dims) as in
         :func:`~xearthformer.metrics.pooling.pool`; the same blocks as the pooled CSI.
