@@ -277,6 +277,9 @@ def test_every_score_keeps_the_control_dim(case):
         "csi_sevir": metrics.csi(fc, obs, thresholds=[60.0], protocol="sevir", scale=10.0),
         "ensemble_csi": metrics.ensemble_csi(sweep, obs, thresholds=[6.0]).ensemble_mean,
         "mse": metrics.mse(fc, obs),
+        "acc": metrics.acc(fc, obs, centered=True),
+        "c_nino34": metrics.c_nino34(fc.mean(["lat", "lon"]), obs.mean(["lat", "lon"])).cor,
+        "pod_samples": metrics.pod(fc, obs, thresholds=[6.0], aggregate="samples"),
         "fss": metrics.fss(fc, obs, 6.0, scales=[1, 3]),
         "rapsd": metrics.rapsd(fc, dim=None),
     }

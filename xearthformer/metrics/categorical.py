@@ -134,8 +134,8 @@ def contingency(
         and ``control``; with ``protocol="sevir"`` every dim except ``threshold`` and
         ``control``.
     pool
-        Max-pool forecast and observation over ``pool x pool`` neighbourhoods first (the
-        pooled CSI of PreDiff); ``pool_method`` (``"max"`` or ``"avg"``), ``pool_stride``
+        Pool forecast and observation over ``pool x pool`` neighbourhoods first (the
+        pooled CSI of PreDiff); ``pool_method`` (``"max"``, default, or ``"avg"``), ``pool_stride``
         (default ``pool``) and ``pool_dims`` (default the lat/lon dims) refine it (see
         :func:`~xearthformer.metrics.pooling.pool`).
     protocol
