@@ -84,6 +84,21 @@ class EarthformerAccessor:
 
         return plot_by_lead(self._obj, **kwargs)
 
+    # -- ensemble products -------------------------------------------------------------------
+    def probability(self, threshold: Any, **kwargs: Any) -> xr.Dataset | xr.DataArray:
+        """Exceedance probability ``P(x >= threshold)`` over the members of this ensemble;
+        see :func:`xearthformer.metrics.probability`."""
+        from .metrics import probability
+
+        return probability(self._obj, threshold, **kwargs)
+
+    def quantile(self, q: Any, **kwargs: Any) -> xr.Dataset | xr.DataArray:
+        """Quantiles over the members of this ensemble; see
+        :func:`xearthformer.metrics.quantile`."""
+        from .metrics import quantile
+
+        return quantile(self._obj, q, **kwargs)
+
 
 xr.register_dataset_accessor("earthformer")(EarthformerAccessor)
 xr.register_dataarray_accessor("earthformer")(EarthformerAccessor)

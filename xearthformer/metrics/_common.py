@@ -7,7 +7,9 @@ reduce over), so they all agree on conventions:
 * observations on ``time`` are matched to a forecast's 2-D ``valid_time(init_time, lead_time)``
   (a time dim of another name, e.g. ``TIME``, is found by its CF attributes or datetimes);
 * spatial coordinates must agree (differences in longitude convention are mended);
-* by default every dim is reduced except ``lead_time``, ``threshold`` and ``member``.
+* by default every dim is reduced except ``lead_time``, ``threshold``, ``member`` and
+  ``control`` (one entry per knowledge-control setting of a sweep); scores over members keep
+  :data:`KEEP_OVER_MEMBERS`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ VALID = "valid_time"
 TIME = "time"
 MEMBER = "member"
 THRESHOLD = "threshold"
-KEEP_BY_DEFAULT = (LEAD, THRESHOLD, MEMBER)
+CONTROL = "control"
+KEEP_BY_DEFAULT = (LEAD, THRESHOLD, MEMBER, CONTROL)
+#: dims kept by default by scores that reduce over ``member`` themselves (ensemble scores)
+KEEP_OVER_MEMBERS = (LEAD, THRESHOLD, CONTROL)
 
 XArray = Union[xr.DataArray, xr.Dataset]
 Dims = Union[str, Sequence[Hashable], None]

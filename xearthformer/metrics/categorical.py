@@ -37,25 +37,26 @@ import xarray as xr
 
 from ..errors import DataError
 from ._common import (
+    CONTROL,
     INIT,
-    LEAD,
+    KEEP_BY_DEFAULT,
     MEMBER,
     THRESHOLD,
     TIME,
     Dims,
-    find_coord,
     is_lazy,
     prepare_pair,
     reduce_dims,
     single_variable,
+    to_xarray,
 )
+from .pooling import pool as spatial_pool
 
 SEVIR_THRESHOLDS: tuple[int, ...] = (16, 74, 133, 160, 181, 219)
 """Official SEVIR VIL thresholds on the 0-255 pixel scale."""
 SEVIR_EPS = 1e-4
 _PROTOCOLS = (None, "sevir")
 _AGGREGATES = ("counts", "samples")
-_SKIP = {TIME, INIT, LEAD, MEMBER, THRESHOLD}
 _LONG_NAMES = {
     "csi": "critical success index",
     "pod": "probability of detection",
@@ -79,38 +80,10 @@ def _threshold_array(thresholds: Any) -> tuple[xr.DataArray, bool]:
     return xr.DataArray(values, dims=THRESHOLD, coords={THRESHOLD: values}), True
 
 
-def _spatial_dims(obj: xr.DataArray, pool_dims: Sequence[Hashable] | None) -> list[Hashable]:
-    if pool_dims is not None:
-        return list(pool_dims)
-    lat, lon = find_coord(obj, "latitude"), find_coord(obj, "longitude")
-    if lat in obj.dims and lon in obj.dims:
-        return [lat, lon]
-    if "y" in obj.dims and "x" in obj.dims:
-        return ["y", "x"]
-    rest = [d for d in obj.dims if d not in _SKIP]
-    if len(rest) < 2:
-        raise DataError(
-            f"pooling needs two spatial dims; found dims {list(obj.dims)}. Pass pool_dims=(y, x)"
-        )
-    return rest[-2:]
-
-
-def max_pool(obj: xr.DataArray, size: int, stride: int | None = None,
-             dims: Sequence[Hashable] | None = None) -> xr.DataArray:
-    """Max over ``size x size`` neighbourhoods of the two spatial dims, moving by ``stride``
-    (default ``size``: non-overlapping blocks; an incomplete edge block is dropped, like
-    ``torch.nn.functional.max_pool2d``). NaN is ignored unless a block is all NaN."""
-    size = int(size)
-    if size < 1:
-        raise DataError(f"pool must be a positive integer, got {size}")
-    stride = size if stride is None else int(stride)
-    ydim, xdim = _spatial_dims(obj, dims)
-    if stride == size:
-        return obj.coarsen({ydim: size, xdim: size}, boundary="trim").max()
-    windows = obj.rolling({ydim: size, xdim: size}).construct({ydim: "_pool_y", xdim: "_pool_x"})
-    # rolling windows end at each point: keep those that start at 0, stride, 2 * stride, ...
-    keep = slice(size - 1, None, stride)
-    return windows.isel({ydim: keep, xdim: keep}).max(["_pool_y", "_pool_x"])
+def _kept_dims(protocol: str | None) -> tuple[Hashable, ...]:
+    """Dims a count keeps by default. The SEVIR protocol sums over lead times and members too,
+    but never across the settings of a knowledge-control sweep: those are separate forecasts."""
+    return (THRESHOLD, CONTROL) if protocol == "sevir" else KEEP_BY_DEFAULT
 
 
 def _check_range(fc: xr.DataArray, obs: xr.DataArray, thr: xr.DataArray) -> None:
@@ -140,6 +113,7 @@ def contingency(
     pool: int | None = None,
     protocol: str | None = None,
     *,
+    pool_method: str = "max",
     pool_stride: int | None = None,
     pool_dims: Sequence[Hashable] | None = None,
     scale: float | None = None,
@@ -156,12 +130,14 @@ def contingency(
         A scalar (no ``threshold`` dim) or a list (a ``threshold`` dim, even of length 1).
         Default: the SEVIR thresholds 16, 74, 133, 160, 181, 219.
     dim
-        Dims to sum over. Default: every dim except ``lead_time``, ``threshold`` and
-        ``member``; with ``protocol="sevir"`` every dim except ``threshold``.
+        Dims to sum over. Default: every dim except ``lead_time``, ``threshold``, ``member``
+        and ``control``; with ``protocol="sevir"`` every dim except ``threshold`` and
+        ``control``.
     pool
-        Max-pool forecast and observation over ``pool x pool`` neighbourhoods first (the
-        pooled CSI of PreDiff); ``pool_stride`` (default ``pool``) and ``pool_dims``
-        (default the lat/lon dims) refine it.
+        Pool forecast and observation over ``pool x pool`` neighbourhoods first (the
+        pooled CSI of PreDiff); ``pool_method`` (``"max"``, default, or ``"avg"``), ``pool_stride``
+        (default ``pool``) and ``pool_dims`` (default the lat/lon dims) refine it (see
+        :func:`~xearthformer.metrics.pooling.pool`).
     protocol
         None, or ``"sevir"`` to reproduce the official Earthformer SEVIR counts.
     scale
@@ -193,14 +169,14 @@ def contingency(
     thr, _ = _threshold_array(thresholds)
     if check_range and protocol is None:
         _check_range(fc, obs, thr)  # on the raw data: pooling only raises the minimum
-    if pool is not None and pool != 1:
-        fc = max_pool(fc, pool, pool_stride, pool_dims)
-        obs = max_pool(obs, pool, pool_stride, pool_dims)
+    if pool is not None:
+        fc = spatial_pool(fc, pool, pool_method, pool_stride, pool_dims)
+        obs = spatial_pool(obs, pool, pool_method, pool_stride, pool_dims)
     valid = fc.notnull() & obs.notnull()
     # NaN >= thr is False, so a missing value is never an event (the official NaN -> 0 rule)
     f_event = fc >= thr
     o_event = obs >= thr
-    keep = (THRESHOLD,) if protocol == "sevir" else (LEAD, THRESHOLD, MEMBER)
+    keep = _kept_dims(protocol)
     both = f_event & o_event
     dims = reduce_dims(both, dim, keep)
     hits = both.sum(dims)
@@ -279,7 +255,7 @@ def _score(
     else:
         fc, obs = prepare_pair(forecast, observed)
         fc = single_variable(fc, "forecast")
-        keep = (THRESHOLD,) if protocol == "sevir" else (LEAD, THRESHOLD, MEMBER)
+        keep = _kept_dims(protocol)
         dims = reduce_dims(fc, dim, keep)
         sample = sample_dim or next((d for d in (INIT, TIME) if d in dims), dims[0] if dims else None)
         if sample is None or sample not in dims:
@@ -324,8 +300,8 @@ _COMMON_DOC = """
     Parameters
     ----------
     forecast, observed, thresholds, dim, pool, protocol
-        As in :func:`contingency` (keyword-only extras ``pool_stride``, ``pool_dims``,
-        ``scale`` and ``check_range`` are passed on).
+        As in :func:`contingency` (keyword-only extras ``pool_method``, ``pool_stride``,
+        ``pool_dims``, ``scale`` and ``check_range`` are passed on).
     aggregate
         ``"counts"`` (default): sum the counts over ``dim``, then divide (official SEVIR).
         ``"samples"``: one score per ``sample_dim`` (default ``init_time``), then the mean of
@@ -334,8 +310,8 @@ _COMMON_DOC = """
     Returns
     -------
     xarray.DataArray
-        Named ``{name}``; keeps ``lead_time`` (not with protocol="sevir"), ``member``,
-        ``threshold`` (for a list of thresholds) and any dim not reduced. Undefined scores
+        Named ``{name}``; keeps ``lead_time`` and ``member`` (not with protocol="sevir"),
+        ``control``, ``threshold`` (for a list of thresholds) and any dim not reduced. Undefined scores
         (zero denominator) are NaN, except with protocol="sevir" where eps makes them 0.
     """
 
@@ -398,3 +374,75 @@ def csi_m(
     score = score.mean(THRESHOLD, skipna=True).rename("csi_m")
     score.attrs = {"long_name": _LONG_NAMES["csi_m"], "units": "1"}
     return score
+
+
+def ensemble_csi(
+    ensemble: Any,
+    observed: Any,
+    thresholds: Any = None,
+    dim: Dims = None,
+    pool: int | None = None,
+    member_dim: Hashable = MEMBER,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """CSI of an ensemble: of its mean field, of each member, and the mean of the members'.
+
+    A recipe over :func:`csi`, nothing more: ``csi(ensemble.mean(member_dim), observed)``
+    and ``csi(ensemble, observed)`` (which keeps ``member``). The ensemble mean is smooth, so
+    it scores well at low thresholds and badly at high ones; single members are sharp. With
+    ``pool`` both are pooled after the mean is taken (pool the mean field, then threshold).
+    A point with a missing member has no ensemble mean and is skipped there.
+
+    Parameters
+    ----------
+    ensemble, observed, thresholds, pool
+        As in :func:`csi`; ``ensemble`` has ``member_dim``.
+    dim
+        Dims to sum the counts over; default: every dim except ``lead_time``, ``threshold``,
+        ``control`` (and ``member`` for the per-member score). Must not include ``member_dim``.
+    kwargs
+        Passed on to :func:`csi` (``protocol``, ``aggregate``, ``pool_method``, ``scale``...).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ensemble_mean`` (CSI of the mean field), ``per_member`` (with ``member_dim``) and
+        ``member_mean`` (mean over members of ``per_member``, skipping undefined ones).
+
+    >>> import numpy as np, xarray as xr
+    >>> ens = xr.DataArray(np.array([[0.0, 10.0], [10.0, 10.0]]), dims=("x", "member"))
+    >>> out = ensemble_csi(ens, xr.DataArray([10.0, 10.0], dims="x"), thresholds=6.0)
+    >>> float(out.ensemble_mean), out.per_member.values.tolist(), float(out.member_mean)
+    (0.5, [0.5, 1.0], 0.75)
+    """
+    ens = single_variable(to_xarray(ensemble), "the ensemble")
+    if member_dim not in ens.dims:
+        raise DataError(
+            f"the ensemble has dims {list(ens.dims)}; expected a member dim {member_dim!r}. "
+            "Pass member_dim=NAME"
+        )
+    if dim is not None and member_dim in ([dim] if isinstance(dim, str) else list(dim)):
+        raise DataError(
+            f"dim must not include the member dim {member_dim!r}: ensemble_csi scores the "
+            "members one by one (per_member) and their mean field; for counts pooled over "
+            "members call csi(ensemble, observed, dim=[..., 'member'])"
+        )
+    per_member = csi(ens, observed, thresholds, dim, pool, **kwargs)
+    if member_dim not in per_member.dims:  # e.g. protocol="sevir" sums over every dim
+        raise DataError(
+            f"the per-member CSI lost the {member_dim!r} dim (kwargs {sorted(kwargs)}); "
+            "pass dim=[...] naming the dims to sum over"
+        )
+    mean_field = ens.mean(member_dim, skipna=False)
+    of_mean = csi(mean_field, observed, thresholds, dim, pool, **kwargs)
+    out = xr.Dataset({
+        "ensemble_mean": of_mean,
+        "per_member": per_member,
+        "member_mean": per_member.mean(member_dim, skipna=True),
+    })
+    out["ensemble_mean"].attrs = {"long_name": "critical success index of the ensemble mean",
+                                  "units": "1"}
+    out["per_member"].attrs = {"long_name": "critical success index of each member", "units": "1"}
+    out["member_mean"].attrs = {"long_name": "critical success index, mean over members",
+                                "units": "1"}
+    return out

@@ -46,7 +46,8 @@ def mse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> 
         xarray objects (Datasets are scored per variable), numpy arrays or torch tensors.
         Observations on ``time`` are aligned to the forecast's ``valid_time``.
     dim
-        Dims to average over; default every dim except ``lead_time``, ``threshold``, ``member``.
+        Dims to average over; default every dim except ``lead_time``, ``threshold``, ``member``,
+        ``control``.
     weights
         None, ``"coslat"`` (cosine of latitude) or a DataArray broadcastable to the data.
 

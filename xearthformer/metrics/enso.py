@@ -32,6 +32,7 @@ import xarray as xr
 
 from ..errors import DataError
 from ._common import (
+    CONTROL,
     INIT,
     LEAD,
     MEMBER,
@@ -60,6 +61,9 @@ def nino34_weights(n_leads: int = 12) -> xr.DataArray:
 
     ``a = [1.5]*4 + [2]*7 + [3]*7 + [4]*...`` (the Tianchi AI-Earth weights), truncated to
     ``n_leads``; for 12 leads ``a = [1.5]*4 + [2]*7 + [3]``.
+
+    >>> nino34_weights(3).round(4).values.tolist()
+    [0.0, 1.0397, 1.6479]
     """
     a = ([1.5] * 4 + [2.0] * 7 + [3.0] * 7 + [4.0] * max(0, n_leads - 18))[:n_leads]
     lead = np.arange(1, n_leads + 1)
@@ -187,6 +191,12 @@ def monthly_climatology(sst: Any, base_period: Any = None) -> xr.DataArray:
     ``base_period`` is a ``(start, stop)`` pair or a slice of dates/years, both ends
     inclusive (``("1991", "2020")``); None uses every time. Forecasts are grouped by the
     calendar month of their ``valid_time``. Lazy with Dask input.
+
+    >>> import pandas as pd, xarray as xr
+    >>> sst = xr.DataArray(range(24), dims="time", name="sst",
+    ...                    coords={"time": pd.date_range("2000-01", periods=24, freq="MS")})
+    >>> monthly_climatology(sst).values[:3].tolist()   # Jan: mean of 0 and 12, ...
+    [6.0, 7.0, 8.0]
     """
     sst = find_sst(sst)
     tdims, vtime, _ = _time_layout(sst)
@@ -346,7 +356,7 @@ def c_nino34(
     """Correlation skill of a Nino3.4 index forecast, per lead and summarised.
 
     ``cor`` per lead is the Pearson correlation over ``dim`` (default: every dim but
-    ``lead_time`` and ``member``, normally ``init_time``), skipping NaN pairs.
+    ``lead_time``, ``member`` and ``control``, normally ``init_time``), skipping NaN pairs.
     ``c_nino34_m`` is its mean over leads; ``c_nino34_wm`` is
     ``sum_l a_l ln(l) cor_l / L`` (see :func:`nino34_weights`), as in the Earthformer paper
     (a perfect 12-lead forecast gives 3.4059); ``l`` counts the leads 1..L in order, whatever
@@ -365,7 +375,7 @@ def c_nino34(
         raise DataError(f"the forecast index has dims {list(fc.dims)}; expected 'lead_time'")
     valid = fc.notnull() & obs.notnull()
     fc, obs = fc.where(valid), obs.where(valid)
-    dims = reduce_dims(valid, dim, keep=(LEAD, MEMBER))
+    dims = reduce_dims(valid, dim, keep=(LEAD, MEMBER, CONTROL))
     fa = fc - fc.mean(dims)
     oa = obs - obs.mean(dims)
     num = (fa * oa).sum(dims)
