@@ -45,8 +45,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from xearthformer.nn.config import preset  # noqa: E402
-from xearthformer.nn.earthformer import Earthformer  # noqa: E402
+from xearthformer.models.earthformer.config import preset  # noqa: E402
+from xearthformer.models.earthformer.network import Earthformer  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from xearthformer.errors import ConfigError
 from xearthformer.evaluate import PUBLISHED, evaluate
 from xearthformer.forecast import predict_tensor
 from xearthformer.layout import Channel, DataSpec, Grid, TimeStep
-from xearthformer.nn.earthformer import Earthformer
-from xearthformer.official import load_official, official_spec
+from xearthformer.models.earthformer.network import Earthformer
+from xearthformer.models.earthformer.official import load_official, official_spec
 
 ENSO_GROUPS = (("CMIP6", 1, 2), ("CMIP5", 3, 1))     # test model CMIP5-3: 36 months, 11 windows
 

@@ -22,7 +22,7 @@ from xearthformer import forecast as F
 from xearthformer.checkpoint import Forecaster
 from xearthformer.device import resolve_device
 from xearthformer.errors import ConfigError, DataError, ModelTypeError
-from xearthformer.nn.earthformer import Earthformer
+from xearthformer.models.earthformer.network import Earthformer
 
 CONTEXT, LEAD = 4, 3
 

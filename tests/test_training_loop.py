@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from xearthformer.errors import ConfigError
-from xearthformer.training_loop import (
+from xearthformer.training.loop import (
     BEST_STATE,
     LAST_STATE,
     LOSS_CURVE,
@@ -53,7 +53,7 @@ def advection_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def tiny_earthformer() -> nn.Module:
     """The tiny Earthformer preset on the advection shapes, every dropout off."""
-    from xearthformer.nn.earthformer import Earthformer, presets
+    from xearthformer.models.earthformer.network import Earthformer, presets
 
     cfg = presets()["tiny"].replace(input_shape=(3, 8, 8, 1), target_shape=(2, 8, 8, 1))
     return Earthformer(cfg.without_dropout())

@@ -29,15 +29,15 @@ __version__ = "0.1.0"
 # lazily (PEP 562). Function names never equal a submodule's name (``train`` lives in
 # ``training``), because importing a submodule would overwrite the package attribute.
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "Earthformer": ("xearthformer.nn.earthformer", "Earthformer"),
-    "EarthformerConfig": ("xearthformer.nn.earthformer", "EarthformerConfig"),
-    "presets": ("xearthformer.nn.earthformer", "presets"),
+    "Earthformer": ("xearthformer.models.earthformer.network", "Earthformer"),
+    "EarthformerConfig": ("xearthformer.models.earthformer.network", "EarthformerConfig"),
+    "presets": ("xearthformer.models.earthformer.network", "presets"),
     "Forecaster": ("xearthformer.checkpoint", "Forecaster"),
     "save": ("xearthformer.checkpoint", "save"),
     "load": ("xearthformer.checkpoint", "load"),
-    "load_official": ("xearthformer.official", "load_official"),
+    "load_official": ("xearthformer.models.earthformer.official", "load_official"),
     "pretrained": ("xearthformer.hub", "pretrained"),
-    "train": ("xearthformer.training", "train"),
+    "train": ("xearthformer.training.labelled", "train"),
     "metrics": ("xearthformer.metrics", None),
 }
 

@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 #: model classes a bundle may name -> (module, class); loading instantiates only these, so a
 #: file can never make :func:`load` import or run anything else.
 MODEL_CLASSES: dict[str, tuple[str, str]] = {
-    "Earthformer": ("xearthformer.nn.earthformer", "Earthformer"),
+    "Earthformer": ("xearthformer.models.earthformer.network", "Earthformer"),
 }
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header size
 

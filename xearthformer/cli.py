@@ -19,10 +19,10 @@ from .errors import XEarthformerError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("xearthformer.demo", "train on real SST (or synthetic storms) and forecast, in minutes on a CPU"),
-    "train": ("xearthformer.training", "train a model on NetCDF/Zarr data and save a .xef bundle"),
+    "train": ("xearthformer.training.labelled", "train a model on NetCDF/Zarr data and save a .xef bundle"),
     "forecast": ("xearthformer.archive", "forecast every init time of a NetCDF archive into Zarr/NetCDF (resumable)"),
     "evaluate": ("xearthformer.evaluate", "score a model on SEVIR or ICAR-ENSO with the papers' protocol"),
-    "convert": ("xearthformer.official", "convert an official Earthformer checkpoint into a .xef bundle"),
+    "convert": ("xearthformer.models.earthformer.official", "convert an official Earthformer checkpoint into a .xef bundle"),
 }
 
 

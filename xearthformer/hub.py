@@ -40,7 +40,7 @@ class Pretrained:
     sha256 : str or None
         Expected SHA-256 of the file; None until recorded (then it is not checked).
     preset : str
-        Official preset it loads into (``xearthformer.official.load_official(preset=...)``).
+        Official preset it loads into (``xearthformer.models.earthformer.official.load_official(preset=...)``).
     description : str
         One line for listings and errors.
     """
@@ -258,7 +258,7 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     """The official pretrained Earthformer ``name`` as a ready :class:`~xearthformer.Forecaster`.
 
     Downloads the checkpoint on first use (see :func:`fetch`), converts it with
-    :func:`xearthformer.official.load_official`, and attaches the official data layout
+    :func:`xearthformer.models.earthformer.official.load_official`, and attaches the official data layout
     (variables, scaling, grid, context and lead) from ``official_spec(preset)``.
 
     Parameters
@@ -281,7 +281,7 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     (12, 14)
     """
     from .checkpoint import Forecaster
-    from .official import load_official, official_spec
+    from .models.earthformer.official import load_official, official_spec
 
     entry = _entry(name)
     path = fetch(name, cache=cache, progress=progress)

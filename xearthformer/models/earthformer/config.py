@@ -22,10 +22,10 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..errors import ConfigError
-from .decomposition import PADDING_TYPES
-from .layers import ACTIVATIONS
-from .patterns import cross_pattern, self_pattern
+from ...errors import ConfigError
+from ...nn.decomposition import PADDING_TYPES
+from ...nn.layers import ACTIVATIONS
+from ...nn.patterns import cross_pattern, self_pattern
 
 Shape = tuple[int, int, int, int]
 Patterns = str | tuple[str, ...]
@@ -39,7 +39,7 @@ _TUPLE_FIELDS = (
 
 @dataclass(frozen=True)
 class EarthformerConfig:
-    """Architecture of an :class:`~xearthformer.nn.earthformer.Earthformer`.
+    """Architecture of an :class:`~xearthformer.models.earthformer.network.Earthformer`.
 
     ``input_shape`` (T_in, H, W, C_in) -> ``target_shape`` (T_out, H, W, C_out): H and W must
     agree; any sizes work (the model pads and crops internally). Patterns are names from

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .data.storms import SEVIR_THRESHOLDS, storms
+from ..data.storms import SEVIR_THRESHOLDS, storms
 
 CONTEXT, LEAD = 6, 6
 N_TIMES, SIZE = 288, (48, 48)
@@ -37,10 +37,10 @@ def persistence(obs: xr.DataArray, fc: xr.DataArray) -> xr.DataArray:
 def run_storms(out: Path, epochs: int | None = None, quick: bool = False, seed: int = 0,
                device: str = "auto") -> dict[str, Any]:
     """The storms demo; returns the CSI rows and output paths."""
-    from . import metrics
-    from .checkpoint import save
-    from .demo_plots import plot_storm_frames
-    from .training import train
+    from .. import metrics
+    from ..checkpoint import save
+    from .plots import plot_storm_frames
+    from ..training import train
 
     n_times = 96 if quick else N_TIMES
     ds = storms(n_times=n_times, size=SIZE, seed=seed)

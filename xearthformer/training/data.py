@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import layout
-from .errors import DataError
+from .. import layout
+from ..errors import DataError
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def samples_per_init(ds: xr.Dataset, spec: layout.DataSpec) -> int:
 
 
 class XarrayWindows:
-    """A :class:`~xearthformer.training_loop.WindowSource` over labelled data.
+    """A :class:`~xearthformer.training.loop.WindowSource` over labelled data.
 
     Window ``i`` is init time ``i // E``, extra sample ``i % E`` (``E`` from
     :func:`samples_per_init`), in :func:`xearthformer.layout.encode_inputs`' order.

@@ -14,7 +14,7 @@ global batch is split between the ranks and the model is wrapped in
 ``DistributedDataParallel``. The loss of a rank is its share of the *global* masked,
 weighted mean, so the gradient is that of one process seeing the whole global batch.
 
->>> from xearthformer.training_loop import TrainConfig, TensorSource, fit
+>>> from xearthformer.training.loop import TrainConfig, TensorSource, fit
 >>> src = TensorSource(x, y)                                       # doctest: +SKIP
 >>> result = fit(model, src, None, TrainConfig(epochs=3, batch_size=4))   # doctest: +SKIP
 >>> result.history["train_loss"]                                   # doctest: +SKIP
@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .device import resolve_device
-from .errors import CheckpointError, ConfigError, ShapeError
+from ..device import resolve_device
+from ..errors import CheckpointError, ConfigError, ShapeError
 
 #: file names inside ``checkpoint_dir``
 LAST_STATE = "last.pt"
@@ -487,7 +487,7 @@ def fit(
         stops training (used by :mod:`xearthformer.training` to write bundles).
     augment : callable, optional
         ``f(x, y, mask, rng) -> (x, y, mask)`` applied to every training batch (numpy), e.g.
-        :func:`xearthformer.training_data.roll_augment`; ``rng`` is seeded from
+        :func:`xearthformer.training.data.roll_augment`; ``rng`` is seeded from
         (seed, epoch, batch), so augmented runs stay reproducible and resumable.
 
     Returns
@@ -525,7 +525,7 @@ def fit(
         path = (ckdir / LAST_STATE) if resume is True and ckdir is not None else Path(resume)  # type: ignore[arg-type]
         run = _restore(path, model, optimizer, scaler, config, rank)
 
-    from .progress import tqdm_class
+    from ..progress import tqdm_class
 
     tqdm = tqdm_class()
 

@@ -1,10 +1,10 @@
 """Train an Earthformer on labelled (xarray / NetCDF / Zarr) data: ``xearthformer.train``.
 
-:func:`train` composes the pieces: :func:`~xearthformer.training_data.split_by_time` splits
+:func:`train` composes the pieces: :func:`~xearthformer.training.data.split_by_time` splits
 the record at one time (no window straddles it), :func:`xearthformer.layout.fit_spec` fits
 the normalisation on the training period only, windows are cut lazily batch by batch
-(:class:`~xearthformer.training_data.XarrayWindows`), and
-:func:`xearthformer.training_loop.fit` optimises the model. The result is a
+(:class:`~xearthformer.training.data.XarrayWindows`), and
+:func:`xearthformer.training.loop.fit` optimises the model. The result is a
 :class:`~xearthformer.checkpoint.Forecaster` ready for ``ds.earthformer.forecast``.
 
 Under ``torchrun --nproc_per_node N -m xearthformer train ...`` each process trains on its
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError, DataError
-from .training_data import XarrayWindows, estimated_bytes, is_lazy, split_by_time
+from ..errors import ConfigError, DataError
+from .data import XarrayWindows, estimated_bytes, is_lazy, split_by_time
 
 #: Encoded windows up to this size are cached in memory when the data are not Dask-backed.
 CACHE_LIMIT_BYTES = 512 * 2**20
@@ -46,7 +46,7 @@ def default_variables(ds: xr.Dataset) -> list[str]:
     >>> default_variables(sst)                                        # doctest: +SKIP
     ['sst']
     """
-    from .layout import find_axes
+    from ..layout import find_axes
 
     ax = find_axes(ds)
     return [str(name) for name, v in ds.data_vars.items()
@@ -137,7 +137,7 @@ def train(
     seed : int
         Seed of the model initialisation, the shuffling and dropout.
     lr, weight_decay, warmup, clip_grad, precision, activation_checkpointing, patience, steps_per_epoch
-        See :class:`xearthformer.training_loop.TrainConfig`. ``precision="auto"``: bf16
+        See :class:`xearthformer.training.loop.TrainConfig`. ``precision="auto"``: bf16
         autocast on CUDA, fp32 on CPU.
     normalization, static, calendar
         See :func:`xearthformer.layout.fit_spec`; statistics come from the training period.
@@ -150,7 +150,7 @@ def train(
         Progress bars with loss and learning rate (default: when on a terminal).
     augment : callable, optional
         Batch augmentation ``f(x, y, mask, rng)``, e.g.
-        :func:`xearthformer.training_data.roll_augment` for zonally periodic data.
+        :func:`xearthformer.training.data.roll_augment` for zonally periodic data.
     cache : bool or "auto"
         Keep encoded windows in memory. "auto": yes for in-memory data whose windows take
         less than 512 MiB, never for Dask/Zarr-backed data.
@@ -170,10 +170,10 @@ def train(
     """
     import torch
 
-    from . import layout
-    from .checkpoint import Forecaster, save
-    from .nn.earthformer import Earthformer
-    from .training_loop import TrainConfig, fit
+    from .. import layout
+    from ..checkpoint import Forecaster, save
+    from ..models.earthformer.network import Earthformer
+    from .loop import TrainConfig, fit
 
     rank, world = init_distributed()
     if isinstance(ds, xr.DataArray):
@@ -258,7 +258,7 @@ def open_input(paths: Sequence[str]) -> xr.Dataset:
     --------
     >>> ds = open_input(["data/sst_*.nc"])                           # doctest: +SKIP
     """
-    from .archive import input_paths, open_archive
+    from ..archive import input_paths, open_archive
 
     return open_archive(input_paths(paths))
 
@@ -329,7 +329,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``xearthformer train``; only rank 0 writes the bundle under torchrun."""
-    from .checkpoint import save
+    from ..checkpoint import save
 
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (the folder holding last.pt).")

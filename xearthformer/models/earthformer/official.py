@@ -1,6 +1,6 @@
 """Import the official Earthformer weights (``earthformer`` 0.2.1, amazon-science) safely.
 
-The ``sevir`` and ``enso`` presets of :class:`~xearthformer.nn.earthformer.Earthformer` have
+The ``sevir`` and ``enso`` presets of :class:`~xearthformer.models.earthformer.network.Earthformer` have
 exactly the official module tree, so an official state_dict loads key for key (including the
 ``relative_position_index`` buffers, which are checked against the values they must have).
 The importer never unpickles code: files are read with ``torch.load(weights_only=True)``.
@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError
 
 OFFICIAL_PRESETS = ("sevir", "enso")
 #: prefix of the keys in official Lightning training checkpoints (stripped if every key has it)
@@ -149,7 +149,7 @@ def load_official(path_or_state_dict: str | os.PathLike[str] | Mapping[str, torc
     ConfigError
         Unknown preset.
     """
-    from .nn.earthformer import Earthformer
+    from .network import Earthformer
 
     if preset not in OFFICIAL_PRESETS:
         raise ConfigError(f"preset must be one of {OFFICIAL_PRESETS} (the official checkpoints), got {preset!r}")
@@ -179,7 +179,7 @@ def official_spec(preset: str) -> Any:
     """
     import numpy as np
 
-    from .layout import Channel, DataSpec, Grid, TimeStep
+    from ...layout import Channel, DataSpec, Grid, TimeStep
 
     if preset == "sevir":
         vil = Channel("vil", method="scale", offset=0.0, scale=255.0,
@@ -214,7 +214,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert an official checkpoint into a ``.xef`` bundle; returns the exit code."""
-    from .checkpoint import Forecaster, save
+    from ...checkpoint import Forecaster, save
 
     model = load_official(args.source, preset=args.preset)
     metadata = {"source": "official Earthformer checkpoint (earthformer 0.2.1)",

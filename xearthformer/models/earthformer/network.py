@@ -12,7 +12,7 @@
 
 H and W need not be multiples of anything: patch merging pads, the head resizes back to the
 exact (H, W). The module names equal the official implementation's, so the official
-``sevir``/``enso`` state_dicts load unchanged (see :mod:`xearthformer.official`).
+``sevir``/``enso`` state_dicts load unchanged (see :mod:`xearthformer.models.earthformer.official`).
 
 >>> import torch
 >>> model = Earthformer.from_preset("tiny")
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ShapeError
-from .blocks import BlockOptions, Decoder, Encoder
+from ...errors import ShapeError
+from ...nn.blocks import BlockOptions, Decoder, Encoder
 from .config import EarthformerConfig, preset, presets
-from .layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, merged_shape
-from .patterns import cross_pattern, self_pattern
+from ...nn.layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, merged_shape
+from ...nn.patterns import cross_pattern, self_pattern
 
 __all__ = ["Earthformer", "EarthformerConfig", "presets"]
 
