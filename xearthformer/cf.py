@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._version import __version__
 from .errors import DataError
 
 #: names of the forecast coordinates and their CF attributes
@@ -179,8 +180,6 @@ def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _history_line(history: str | None) -> str:
-    from . import __version__
-
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{stamp}: {history or 'forecast'} (xearthformer {__version__})"
 
@@ -285,8 +284,6 @@ def to_cf(
     attrs["Conventions"] = CONVENTIONS
     attrs["title"] = title or ds.attrs.get("title") or "xearthformer forecast"
     if source is None:
-        from . import __version__
-
         source = f"xearthformer {__version__}"
     attrs["source"] = source
     inst = institution or ds.attrs.get("institution") or like_attrs.get("institution")

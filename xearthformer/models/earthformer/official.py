@@ -20,9 +20,10 @@ deliberately differs from the official code only off those paths:
 * Patch merging also pads the time axis when needed (the official code skips padding when
   only T needs it, and then fails).
 
-Command line: ``xearthformer convert official.pt out.xef --preset sevir|enso`` wraps the
-model with the data description of the official dataset (:func:`official_spec`) into a
-:class:`~xearthformer.checkpoint.Forecaster` bundle.
+:func:`official_forecaster` (the family's official loader in
+:mod:`xearthformer.models.registry`) wraps the model with the data description of the official
+data set (:func:`official_spec`) into a :class:`~xearthformer.models.base.Forecaster`; the hub
+and ``xearthformer convert official.pt out.xef --preset sevir|enso`` use it.
 
 >>> model = load_official("earthformer_icarenso2021.pt", preset="enso")   # doctest: +SKIP
 >>> model(x).shape                                                        # doctest: +SKIP
@@ -31,85 +32,24 @@ torch.Size([1, 14, 24, 48, 1])
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import CheckpointError, ConfigError
+from ..official_io import cast_like, check_state_dict, read_state_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...layout import DataSpec
+    from ..base import Forecaster
+    from .network import Earthformer
 
 OFFICIAL_PRESETS = ("sevir", "enso")
-#: prefix of the keys in official Lightning training checkpoints (stripped if every key has it)
-_LIGHTNING_PREFIX = "torch_nn_module."
-_SHOW = 10  # how many offending keys a message lists
-
-
-def _read(path: str | os.PathLike[str]) -> Any:
-    if os.fspath(path).endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(os.fspath(path), device="cpu")
-        except SafetensorError as err:
-            raise CheckpointError(f"{os.fspath(path)!r} is not a valid safetensors file: {err}") from err
-    try:
-        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as err:
-        why = (str(err).splitlines() or [""])[0][:300]
-        raise CheckpointError(
-            f"refused to load {os.fspath(path)!r}: it is not a plain tensor state_dict that loads with "
-            f"torch.load(weights_only=True) ({type(err).__name__}: {why}). "
-            "Files that need code to unpickle are never executed; re-save the weights with "
-            "torch.save(model.state_dict(), path) in a trusted environment."
-        ) from err
-
-
-def _as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]  # a Lightning checkpoint
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"a state_dict maps names to tensors; these entries are not tensors: {bad[:_SHOW]}")
-    if obj and all(k.startswith(_LIGHTNING_PREFIX) for k in obj):
-        obj = {k[len(_LIGHTNING_PREFIX):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
-def _listing(keys: list[str]) -> str:
-    more = f" ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
-
-
-def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise CheckpointError naming every missing/unexpected key and shape/dtype mismatch."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    shapes = [f"{k}: got {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}" for k in wrong_shape]
-    kinds = [f"{k}: got {state[k].dtype}, expected {'a float' if v.is_floating_point() else 'an integer'} dtype"
-             for k, v in expected.items()
-             if k in state and k not in wrong_shape and state[k].is_floating_point() != v.is_floating_point()]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
-    if kinds:
-        problems.append(f"{len(kinds)} dtype mismatch(es): {_listing(kinds)}")
-    if problems:
-        raise CheckpointError(
-            f"this state_dict does not fit {what}: " + "; ".join(problems)
-            + ". Is it an official Earthformer checkpoint of that preset?")
+#: the one part an official Earthformer checkpoint has (hub entries and the convert command)
+WEIGHTS = "weights"
+_HINT = "Is it an official Earthformer checkpoint of that preset?"
 
 
 def _check_index_buffers(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -124,7 +64,7 @@ def _check_index_buffers(model: torch.nn.Module, state: Mapping[str, torch.Tenso
 
 
 def load_official(path_or_state_dict: str | os.PathLike[str] | Mapping[str, torch.Tensor],
-                  preset: str = "sevir") -> Any:
+                  preset: str = "sevir") -> Earthformer:
     """Earthformer of an official preset, with the official weights.
 
     Parameters
@@ -153,23 +93,18 @@ def load_official(path_or_state_dict: str | os.PathLike[str] | Mapping[str, torc
 
     if preset not in OFFICIAL_PRESETS:
         raise ConfigError(f"preset must be one of {OFFICIAL_PRESETS} (the official checkpoints), got {preset!r}")
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        raw = _read(path_or_state_dict)
-    else:
-        raw = path_or_state_dict
-    state = _as_state_dict(raw)
+    state = read_state_dict(path_or_state_dict)
     model = Earthformer.from_preset(preset)
     expected = model.state_dict()
-    check_state_dict(state, expected, f"the official {preset!r} Earthformer")
+    check_state_dict(state, expected, f"the official {preset!r} Earthformer", _HINT)
     _check_index_buffers(model, state)
-    state = {k: (v.to(expected[k].dtype) if v.is_floating_point() else v.long()) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(cast_like(state, expected), strict=True)
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- data description
 
-def official_spec(preset: str) -> Any:
+def official_spec(preset: str) -> DataSpec:
     """The :class:`~xearthformer.layout.DataSpec` of an official preset's data set.
 
     ``sevir``: VIL (SEVIR pixel code 0-255) scaled by 1/255, 13 -> 12 frames at 5 minutes on
@@ -179,6 +114,7 @@ def official_spec(preset: str) -> Any:
     """
     import numpy as np
 
+    from ...data.icar_enso import SST_MAX, SST_MIN
     from ...layout import Channel, DataSpec, Grid, TimeStep
 
     if preset == "sevir":
@@ -190,8 +126,7 @@ def official_spec(preset: str) -> Any:
         return DataSpec(inputs=(vil,), targets=(vil,), grid=grid, step=TimeStep(5, "minutes"),
                         context=13, lead=12)
     if preset == "enso":
-        sst_min, sst_max = -16.549121856689453, 10.198975563049316  # official min-max constants
-        sst = Channel("sst", method="minmax", offset=sst_min, scale=sst_max - sst_min,
+        sst = Channel("sst", method="minmax", offset=SST_MIN, scale=SST_MAX - SST_MIN,
                       attrs={"units": "degC", "long_name": "sea surface temperature anomaly"})
         grid = Grid(y="lat", x="lon", y_values=np.arange(-55.0, 60.1, 5.0), x_values=np.arange(95.0, 330.1, 5.0),
                     lat="lat", lon="lon",
@@ -202,24 +137,17 @@ def official_spec(preset: str) -> Any:
     raise ConfigError(f"preset must be one of {OFFICIAL_PRESETS}, got {preset!r}")
 
 
-# ------------------------------------------------------------------------------------------ CLI
+def official_forecaster(files: Mapping[str, str | os.PathLike[str]], preset: str,
+                        metadata: dict[str, Any] | None = None) -> Forecaster:
+    """The registry's official loader: the official weights in ``files["weights"]`` as a
+    Forecaster with the data description of the preset's data set (:func:`official_spec`).
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``xearthformer convert``."""
-    parser.add_argument("source", help="official Earthformer checkpoint (.pt state_dict)")
-    parser.add_argument("output", help="bundle to write (.xef)")
-    parser.add_argument("--preset", required=True, choices=OFFICIAL_PRESETS,
-                        help="which official model the checkpoint is (sevir or enso)")
+    Used by :func:`xearthformer.hub.pretrained` and ``xearthformer convert``.
+    """
+    from ..base import Forecaster
 
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Convert an official checkpoint into a ``.xef`` bundle; returns the exit code."""
-    from ...checkpoint import Forecaster, save
-
-    model = load_official(args.source, preset=args.preset)
-    metadata = {"source": "official Earthformer checkpoint (earthformer 0.2.1)",
-                "converted_from": os.path.basename(os.fspath(args.source)), "preset": args.preset}
-    save(Forecaster(model, official_spec(args.preset), metadata=metadata), args.output)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.output}: official {args.preset} Earthformer, {n:,} parameters")
-    return 0
+    if WEIGHTS not in files:
+        raise CheckpointError(f"an official Earthformer checkpoint is one file, part {WEIGHTS!r}; "
+                              f"got parts {sorted(files)}.")
+    model = load_official(files[WEIGHTS], preset=preset)
+    return Forecaster(model, official_spec(preset), metadata=metadata)
