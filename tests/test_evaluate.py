@@ -58,7 +58,7 @@ def test_sevir_scores_equal_metrics_on_all_windows(sevir_case):
     # reference: every window at once, straight through the metrics module
     win = sevir.sevir_windows(root, split="val")
     codes = win.vil.values.astype(np.float32)                        # (6, 25, 32, 32)
-    y = predict_tensor(model, (codes[:, :13] / 255)[..., None], batch_size=6, device="cpu")
+    y = predict_tensor(model, (codes[:, :13] / 255)[..., None], batch_size=6, device="cpu")[:, 0]
     pred = xr.DataArray(y[..., 0] * 255, dims=("init_time", "lead_time", "y", "x"))
     obs = xr.DataArray(codes[:, 13:], dims=pred.dims)
     csi = metrics.csi(pred, obs, thresholds=list(metrics.SEVIR_THRESHOLDS), protocol="sevir")
@@ -105,7 +105,7 @@ def test_enso_scores_equal_metrics_on_all_windows(tmp_path):
     win = icar_enso.icar_enso_windows(ds, split="test")
     sst = win.sst.values
     assert sst.dtype == np.float32                     # official scaling, in float32
-    y = predict_tensor(model, icar_enso.scale_sst(sst[:, :12])[..., None], batch_size=11, device="cpu")
+    y = predict_tensor(model, icar_enso.scale_sst(sst[:, :12])[..., None], batch_size=11, device="cpu")[:, 0]
     pred = xr.DataArray(y[..., 0] * span + lo, dims=("init_time", "lead_time", "lat", "lon"),
                         coords={"lat": win.lat, "lon": win.lon, "lead_time": np.arange(1, 15)})
     index = metrics.nino34_index(pred, protocol="icar-enso")
