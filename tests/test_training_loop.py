@@ -24,8 +24,8 @@ from xearthformer.training.loop import (
     fit,
     load_state,
     lr_at,
-    masked_loss_terms,
 )
+from xearthformer.training.objectives import masked_loss_terms
 
 
 class TinyNet(nn.Module):

@@ -35,13 +35,14 @@ import xarray as xr
 
 from ._version import __version__
 from .errors import DataError
+from .layout.decoding import MEMBER_ATTRS
 
 #: names of the forecast coordinates and their CF attributes
 FORECAST_COORDS: dict[str, dict[str, str]] = {
     "init_time": {"standard_name": "forecast_reference_time", "long_name": "forecast initialisation time"},
     "lead_time": {"standard_name": "forecast_period", "long_name": "forecast lead time"},
     "valid_time": {"standard_name": "time", "long_name": "valid time of the forecast"},
-    "member": {"standard_name": "realization", "long_name": "ensemble member", "units": "1"},
+    "member": dict(MEMBER_ATTRS),
 }
 #: standard names that only the forecast's own coordinates may carry
 _RESERVED_STANDARD_NAMES = {attrs["standard_name"]: name for name, attrs in FORECAST_COORDS.items()}

@@ -1,8 +1,10 @@
-"""The training loop on tensors: AdamW, warm-up + cosine, clipping, AMP, early stopping, resume, DDP.
+"""The training loop on tensors: AdamW, warm-up + cosine, clipping, AMP, early stopping, resume,
+DDP, EMA of the weights, checkpoints and progress bars, written once for every model family.
 
 This module knows nothing about xarray: it trains any ``torch.nn.Module`` on a
-:class:`WindowSource` (anything with ``len()`` and ``get(indices) -> (x, y, mask)``).
-:mod:`xearthformer.training` builds the sources from labelled data.
+:class:`WindowSource` (anything with ``len()`` and ``get(indices) -> (x, y, mask)``) by
+minimising an objective (:mod:`xearthformer.training.objectives`; default: the masked MSE).
+:mod:`xearthformer.training.labelled` builds the sources from labelled data.
 
 Reproducibility: the shuffling order and the torch random state (dropout) of epoch ``e``
 are derived from ``(seed, e)`` only, and the learning rate is a pure function of the step,
@@ -11,8 +13,13 @@ uninterrupted run would.
 
 Distributed: when ``torch.distributed`` is initialised with several processes, every
 global batch is split between the ranks and the model is wrapped in
-``DistributedDataParallel``. The loss of a rank is its share of the *global* masked,
-weighted mean, so the gradient is that of one process seeing the whole global batch.
+``DistributedDataParallel``. The loss of a rank is its share of the *global* mean
+(``sum over ranks of total / sum over ranks of count``), so the gradient is that of one
+process seeing the whole global batch.
+
+EMA: with ``TrainConfig(ema_decay=d)`` an exponential moving average of the weights is kept
+(decay ``min(d, (1 + n) / (10 + n))`` at the n-th update, after every optimizer step), saved
+in ``last.pt``, restored on resume and returned as ``FitResult.ema_state``.
 
 >>> from xearthformer.training.loop import TrainConfig, TensorSource, fit
 >>> src = TensorSource(x, y)                                       # doctest: +SKIP
@@ -40,6 +47,9 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, ShapeError
+from ..parallel import distributed_info, unwrap_model
+from ..progress import progress_bar, tqdm_class
+from .objectives import Batch, LossTerms, MaskedMSE, Objective
 
 #: file names inside ``checkpoint_dir``
 LAST_STATE = "last.pt"
@@ -85,6 +95,9 @@ class TrainConfig:
         Cap on optimizer steps per epoch (a random subset of windows each epoch).
     progress : bool or None
         Show tqdm progress bars (None: only on a terminal).
+    ema_decay : float or None
+        Keep an exponential moving average of the weights with this decay (in (0, 1), e.g.
+        0.999; warm-up ``min(decay, (1 + n) / (10 + n))``); None: no EMA.
 
     Examples
     --------
@@ -105,6 +118,7 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     progress: bool | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -116,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"warmup is a fraction of all steps in [0, 1), got {self.warmup}.")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1) (e.g. 0.999) or None, got {self.ema_decay}.")
         if not (self.lr >= 0 and self.weight_decay >= 0):
             raise ConfigError(f"lr and weight_decay must be >= 0, got lr={self.lr}, "
                               f"weight_decay={self.weight_decay}; the default lr is 1e-3.")
@@ -189,12 +205,16 @@ class FitResult:
         1-based epoch with the lowest validation loss.
     stopped_early : bool
         True when early stopping ended the run.
+    ema_state : dict or None
+        With ``ema_decay``: a state_dict (CPU) of the model with the averaged weights, for
+        ``model.load_state_dict``; None otherwise.
     """
 
     model: nn.Module
     history: dict[str, list[float]]
     best_epoch: int | None = None
     stopped_early: bool = False
+    ema_state: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -219,41 +239,6 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def masked_loss_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
-                      weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of weighted squared errors and the sum of weights, over valid points only.
-
-    The loss is ``sum / denominator``. Keeping both terms lets distributed processes
-    combine them into the exact global mean.
-
-    Parameters
-    ----------
-    pred, target : Tensor
-        ``(N, T, H, W, C)``.
-    mask : Tensor or None
-        bool like ``target`` (None: all valid).
-    weights : Tensor or None
-        Broadcastable to ``target`` (e.g. ``(H, W, 1)`` cos-latitude weights).
-
-    Examples
-    --------
-    >>> p, t = torch.ones(1, 1, 1, 2, 1), torch.zeros(1, 1, 1, 2, 1)
-    >>> m = torch.tensor([True, False]).view(1, 1, 1, 2, 1)
-    >>> [float(v) for v in masked_loss_terms(p, t, m, None)]
-    [1.0, 1.0]
-    """
-    if pred.shape != target.shape:
-        raise ShapeError(f"model output {tuple(pred.shape)} differs from target {tuple(target.shape)}; "
-                         "the model's target_shape must match the data's (lead, H, W, C_out).")
-    w = torch.ones_like(target) if weights is None else torch.broadcast_to(weights.to(target.dtype), target.shape)
-    if mask is not None:
-        w = w * mask.to(target.dtype)
-    # Replace masked targets first: NaN there would turn 0 * NaN into NaN gradients.
-    clean = torch.where(w > 0, target.float(), torch.zeros((), dtype=torch.float32, device=target.device))
-    err = (pred.float() - clean) ** 2
-    return (err * w).sum(), w.sum()
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
 
@@ -269,13 +254,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def distributed_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def epoch_order(n: int, seed: int, epoch: int, steps: int | None, batch_size: int) -> np.ndarray:
     """Shuffled window order of ``epoch``, a function of ``(seed, epoch)`` only."""
     order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -287,9 +265,10 @@ def epoch_order(n: int, seed: int, epoch: int, steps: int | None, batch_size: in
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Switch on activation checkpointing in ``model``.
 
-    A model that checkpoints itself (an Earthformer built with ``checkpoint_level`` > 0, or
-    one with ``set_activation_checkpointing``) is left to do so; otherwise each direct child
-    of the model's ``ModuleList``s is recomputed in the backward pass.
+    A model that checkpoints itself (one with ``set_activation_checkpointing``, as every
+    family's network should have; or a config with ``checkpoint_level`` > 0) is asked to
+    do so; otherwise each direct child of the model's ``ModuleList``s is recomputed in the
+    backward pass.
     """
     if hasattr(model, "set_activation_checkpointing"):
         model.set_activation_checkpointing(True)
@@ -327,12 +306,44 @@ class _Checkpointed(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # state files
 # ----------------------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap_model(model).state_dict().items()}
+
+
+class _EMA:
+    """Exponential moving average of a model's trainable parameters.
+
+    The n-th update (n = 0, 1, ...) uses decay ``min(decay, (1 + n) / (10 + n))``: early on the
+    average follows the weights closely, later it forgets slowly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].mul_(d).add_(p.detach(), alpha=1.0 - d)
+        self.updates += 1
+
+    def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state_dict (CPU) with the averaged parameters in place of the trained ones."""
+        state = _state_dict_cpu(model)
+        state.update({k: v.detach().to("cpu", copy=True) for k, v in self.shadow.items()})
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "shadow": {k: v.detach().to("cpu", copy=True)
+                                                    for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -422,9 +433,10 @@ def _batches(source: WindowSource, order: np.ndarray, batch_size: int, rank: int
 
 
 def evaluate_loss(model: nn.Module, source: WindowSource, batch_size: int,
-                  weights: torch.Tensor | None = None, device: Any = "auto",
+                  objective: Objective | None = None, device: Any = "auto",
                   precision: str = "auto") -> float:
-    """Masked, weighted MSE of ``model`` over every window of ``source`` (all ranks together).
+    """The objective's loss (default: the masked MSE) of ``model`` over every window of
+    ``source``, all ranks together: ``sum of totals / sum of counts``.
 
     Examples
     --------
@@ -437,14 +449,14 @@ def evaluate_loss(model: nn.Module, source: WindowSource, batch_size: int,
     model.eval()
     total, denom = 0.0, 0.0
     order = np.arange(len(source))
+    objective = MaskedMSE() if objective is None else objective
     with torch.no_grad():
         for x, y, m, scale in _batches(source, order, batch_size, rank, world):
-            x, y, m = _to_device((x, y, m), device)
+            batch = Batch(*_to_device((x, y, m), device))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                pred = model(x)
-            s, d = masked_loss_terms(pred, y, m, weights)
-            total += float(s) * scale
-            denom += float(d) * scale
+                terms = objective(model, batch)
+            total += float(terms.total) * scale
+            denom += float(terms.count) * scale
     model.train(was_training)
     total, denom = _all_sum([total, denom], device, world)
     return total / denom if denom > 0 else float("nan")
@@ -455,7 +467,7 @@ def fit(
     train: WindowSource,
     val: WindowSource | None = None,
     config: TrainConfig | None = None,
-    weights: Any = None,
+    objective: Objective | None = None,
     device: Any = "auto",
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | bool | None = None,
@@ -467,13 +479,15 @@ def fit(
     Parameters
     ----------
     model : nn.Module
-        Maps ``(N, T_in, H, W, C_in)`` to ``(N, T_out, H, W, C_out)``.
+        The network; the objective calls it.
     train, val : WindowSource
         Training and (optional) validation windows.
     config : TrainConfig
         Optimisation settings (default ``TrainConfig()``).
-    weights : array-like, optional
-        Loss weights broadcastable to ``(T_out, H, W, C_out)``, e.g. ``(H, W, 1)`` cos(lat).
+    objective : Objective, optional
+        The loss on a batch (:mod:`xearthformer.training.objectives`); default
+        ``MaskedMSE()`` (unweighted masked MSE of ``model(x)`` against ``y``). An
+        ``nn.Module`` objective is moved to ``device``.
     device : str or torch.device
         ``"auto"``: CUDA if available (``LOCAL_RANK`` under torchrun), else CPU.
     checkpoint_dir : path-like, optional
@@ -484,7 +498,7 @@ def fit(
         config and data the result equals that of an uninterrupted run.
     on_epoch_end : callable, optional
         ``f(epoch, history, is_best, model)`` after each epoch's checkpoint; returning True
-        stops training (used by :mod:`xearthformer.training` to write bundles).
+        stops training (used by :mod:`xearthformer.training.labelled` to write bundles).
     augment : callable, optional
         ``f(x, y, mask, rng) -> (x, y, mask)`` applied to every training batch (numpy), e.g.
         :func:`xearthformer.training.data.roll_augment`; ``rng`` is seeded from
@@ -512,7 +526,9 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    w = None if weights is None else torch.as_tensor(np.asarray(weights, np.float32), device=device)
+    objective = MaskedMSE() if objective is None else objective
+    if isinstance(objective, nn.Module):
+        objective.to(device)
     optimizer = _make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     steps = math.ceil(len(train) / config.batch_size)
@@ -521,53 +537,58 @@ def fit(
     total_steps = steps * config.epochs
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     run = _Progress()
+    ema = _EMA(model, config.ema_decay) if config.ema_decay is not None else None
     if resume:
         path = (ckdir / LAST_STATE) if resume is True and ckdir is not None else Path(resume)  # type: ignore[arg-type]
-        run = _restore(path, model, optimizer, scaler, config, rank)
+        run = _restore(path, model, optimizer, scaler, config, rank, ema)
 
-    from ..progress import tqdm_class
-
-    tqdm = tqdm_class()
-
-    # tqdm's disable=None hides bars when not on a terminal; other ranks never show them.
-    disable = (None if config.progress is None else not config.progress) if rank == 0 else True
+    # only rank 0 shows bars and epoch lines
+    progress = config.progress if rank == 0 else False
     stopped = False
     for epoch in range(run.epoch, config.epochs):
         t0 = time.perf_counter()
         net.train()
         order = epoch_order(len(train), config.seed, epoch, config.steps_per_epoch, config.batch_size)
         losses = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=disable,
-                   leave=False, dynamic_ncols=True)
+        logs: dict[str, list[float]] = {}
+        bar = progress_bar(total=steps, progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           leave=False, dynamic_ncols=True)
         with _epoch_rng(config.seed, epoch, device):
             for batch in _batches(train, order, config.batch_size, rank, world, augment, config.seed, epoch):
                 lr = lr_at(run.step, total_steps, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = _train_step(net, model, optimizer, scaler, batch, w, amp, device, config.clip_grad)
+                loss, step_logs = _train_step(net, model, optimizer, scaler, batch, objective, amp, device,
+                                              config.clip_grad)
+                if ema is not None:
+                    ema.update(model)
                 losses.append(loss)
+                for name, value in step_logs.items():
+                    logs.setdefault(name, []).append(value)
                 run.history["step_loss"].append(loss)
                 run.history["lr"].append(lr)
                 run.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}")
         bar.close()
-        val_loss = evaluate_loss(net, val, config.batch_size, w, device, config.precision) \
+        val_loss = evaluate_loss(net, val, config.batch_size, objective, device, config.precision) \
             if val is not None and len(val) > 0 else float("nan")
+        for name, values in logs.items():
+            run.history.setdefault(f"train_{name}", []).append(float(np.mean(values)))
         is_best = run.end_epoch(epoch, float(np.mean(losses)), val_loss, time.perf_counter() - t0, model)
-        if rank == 0 and disable is not True:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {run.history['train_loss'][-1]:.4g}"
+        if rank == 0 and progress is not False:
+            tqdm_class().write(f"epoch {epoch + 1}/{config.epochs}: train loss {run.history['train_loss'][-1]:.4g}"
                        + ("" if math.isnan(val_loss) else
                           f", val loss {val_loss:.4g}" + (" (best)" if is_best else "")))
         if ckdir is not None and rank == 0:
-            _save_state(ckdir, model, optimizer, scaler, run, config, is_best)
+            _save_state(ckdir, model, optimizer, scaler, run, config, is_best, ema)
         stop = bool(on_epoch_end(epoch + 1, run.history, is_best, model)) if on_epoch_end else False
         if world > 1:
             dist.barrier()
         if config.patience is not None and run.bad >= config.patience:
             stopped = True
             if rank == 0:
-                tqdm.write(f"early stopping: no lower validation loss for {run.bad} epochs "
+                tqdm_class().write(f"early stopping: no lower validation loss for {run.bad} epochs "
                            f"(best {run.best:.4g} at epoch {run.best_epoch})")
             break
         if stop:
@@ -576,7 +597,8 @@ def fit(
         model.load_state_dict(run.best_state)
     if ckdir is not None and rank == 0 and run.history["step_loss"]:
         plot_loss_curve(run.history, ckdir / LOSS_CURVE)
-    return FitResult(model=model, history=run.history, best_epoch=run.best_epoch, stopped_early=stopped)
+    return FitResult(model=model, history=run.history, best_epoch=run.best_epoch, stopped_early=stopped,
+                     ema_state=None if ema is None else ema.model_state(model))
 
 
 @dataclass
@@ -618,15 +640,15 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 def _train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, batch: tuple[np.ndarray, np.ndarray, np.ndarray | None, float],
-                w: torch.Tensor | None, amp: torch.dtype | None, device: torch.device,
-                clip_grad: float | None) -> float:
-    """One optimizer step on this rank's share of a global batch; returns the global loss."""
+                objective: Objective, amp: torch.dtype | None, device: torch.device,
+                clip_grad: float | None) -> tuple[float, dict[str, float]]:
+    """One optimizer step on this rank's share of a global batch; returns the global loss and
+    the objective's logs (averaged over ranks)."""
     _, world = distributed_info()
     xb, yb, mb, scale = batch
-    x, y, m = _to_device((xb, yb, mb), device)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        pred = net(x)
-    s, d = masked_loss_terms(pred, y, m, w)
+        terms: LossTerms = objective(net, Batch(*_to_device((xb, yb, mb), device)))
+    s, d = terms.total, terms.count
     d_global = _all_sum([float(d) * scale], device, world)[0]
     if d_global <= 0:
         raise ShapeError("a training batch has no valid target point (all masked); check the "
@@ -640,11 +662,14 @@ def _train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     scaler.step(optimizer)
     scaler.update()
-    return _all_sum([float(s.detach()) * scale], device, world)[0] / d_global
+    names = sorted(terms.logs)
+    sums = _all_sum([float(s.detach()) * scale, *(float(terms.logs[k]) for k in names)], device, world)
+    return sums[0] / d_global, {k: v / world for k, v in zip(names, sums[1:])}
 
 
 def _save_state(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig, is_best: bool) -> None:
+                scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig, is_best: bool,
+                ema: _EMA | None = None) -> None:
     """Write ``last.pt`` (everything resuming needs) and, after a best epoch, ``best.pt``."""
     ckdir.mkdir(parents=True, exist_ok=True)
     state = {"format": "xearthformer-train-state", "version": STATE_VERSION,
@@ -652,6 +677,8 @@ def _save_state(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
              "scaler": scaler.state_dict() if scaler.is_enabled() else {},
              "history": run.history, "epoch": run.epoch, "step": run.step, "best": run.best,
              "best_epoch": run.best_epoch, "bad_epochs": run.bad, "config": config.to_dict()}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     _atomic_save(state, ckdir / LAST_STATE)
     if is_best:
         _atomic_save({"format": "xearthformer-best-weights", "model": run.best_state,
@@ -659,10 +686,16 @@ def _save_state(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, config: TrainConfig, rank: int) -> _Progress:
-    """Load ``last.pt`` (and the ``best.pt`` beside it) into the model and optimizer."""
+             scaler: torch.amp.GradScaler, config: TrainConfig, rank: int, ema: _EMA | None = None
+             ) -> _Progress:
+    """Load ``last.pt`` (and the ``best.pt`` beside it) into the model, optimizer and EMA."""
     state = load_state(path)
     model.load_state_dict(state["model"])
+    if ema is not None:
+        if "ema" not in state:
+            raise CheckpointError(f"{path} holds no EMA of the weights (it was written without "
+                                  "ema_decay); resume with the TrainConfig it was trained with.")
+        ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -672,7 +705,8 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if (path.parent / BEST_STATE).is_file():
         run.best_state = torch.load(path.parent / BEST_STATE, map_location="cpu", weights_only=True)["model"]
     ignore = ("progress",)
-    same = {k: v for k, v in state["config"].items() if k not in ignore} == \
+    saved = {**TrainConfig().to_dict(), **state["config"]}  # fields added since keep their defaults
+    same = {k: v for k, v in saved.items() if k not in ignore} == \
         {k: v for k, v in config.to_dict().items() if k not in ignore}
     if not same and rank == 0:
         import warnings
@@ -712,7 +746,7 @@ def plot_loss_curve(history: dict[str, list[float]], path: str | os.PathLike[str
         if val.size and np.isfinite(val).any():
             ax.plot(ends, val, "s-", color="C1", label="validation")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("masked weighted MSE (normalised units)")
+    ax.set_ylabel("training objective (e.g. masked weighted MSE, normalised units)")
     if np.all(np.asarray(history["step_loss"]) > 0):
         ax.set_yscale("log")
     ax.legend()
