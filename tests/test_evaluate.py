@@ -17,7 +17,8 @@ from tests.test_data_icar_enso import make_icar_enso
 from tests.test_data_sevir import make_sevir
 from tests.test_hub import ENSO_V1
 from xearthformer import metrics
-from xearthformer.checkpoint import Forecaster, save
+from xearthformer.checkpoint import save
+from xearthformer.models.base import Forecaster
 from xearthformer.cli import main
 from xearthformer.data import icar_enso, sevir
 from xearthformer.errors import ConfigError

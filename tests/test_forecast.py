@@ -19,7 +19,7 @@ import zarr
 from xearthformer import archive as A
 from xearthformer import cf, layout
 from xearthformer import forecast as F
-from xearthformer.checkpoint import Forecaster
+from xearthformer.models.base import Forecaster
 from xearthformer.device import resolve_device
 from xearthformer.errors import ConfigError, DataError, ModelTypeError
 from xearthformer.models.earthformer.network import Earthformer
