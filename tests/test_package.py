@@ -40,6 +40,16 @@ def test_import_is_cheap_and_does_not_load_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("argv", [["--help"], []])
+def test_cli_help_does_not_load_torch(argv):
+    # commands import their modules only when they run: listing them must stay cheap
+    code = ("import sys\nfrom xearthformer.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, file=sys.stderr)" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "convert" in out.stdout      # every command is listed
+    assert out.stderr.strip().splitlines()[-1] == "False"
+
+
 def test_progress_bars_fall_back_to_text_without_jupyter_widgets(monkeypatch):
     import importlib.util
 

@@ -41,17 +41,11 @@ def baselines(obs: xr.DataArray, fc: xr.DataArray, clim: xr.DataArray) -> dict[s
     """Baselines on the forecast's (init_time, lead_time) axes: persistence (the observation
     at init time for every lead), anomaly persistence (the init-time anomaly added to the
     valid month's climatology) and climatology (the training-period mean of the valid month)."""
-    at_init = obs.sel(time=fc["init_time"].values).rename(time="init_time")
-    at_init = at_init.assign_coords(init_time=fc["init_time"].values)
-    persistence = at_init.expand_dims(lead_time=fc["lead_time"].values, axis=1)
-    persistence = persistence.assign_coords(lead_time=fc["lead_time"], valid_time=fc["valid_time"])
-    climatology = clim.sel(month=fc["valid_time"].dt.month).drop_vars("month")
-    climatology = climatology.assign_coords(valid_time=fc["valid_time"]).transpose(*persistence.dims)
-    # the anomaly at init time, kept for every lead, on top of the valid month's climatology
-    init_clim = clim.sel(month=fc["init_time"].dt.month).drop_vars("month")
-    anomaly = persistence - init_clim + climatology
-    return {"persistence": persistence, "anomaly_persistence": anomaly.transpose(*persistence.dims),
-            "climatology": climatology}
+    from .baselines import anomaly_persistence, climatology_at_valid, persistence
+
+    base = persistence(obs, fc)
+    return {"persistence": base, "anomaly_persistence": anomaly_persistence(obs, fc, clim),
+            "climatology": climatology_at_valid(clim, fc).transpose(*base.dims)}
 
 
 def skill_table(obs: xr.DataArray, forecasts: dict[str, xr.DataArray], clim_at_valid: xr.DataArray
@@ -98,9 +92,9 @@ def run_sst(out: Path, epochs: int | None = None, quick: bool = False, seed: int
     """The SST demo; returns the skill rows and output paths."""
     from .. import metrics
     from ..checkpoint import save
-    from .plots import plot_maps, plot_nino34
-    from ..training import train
     from ..training.data import roll_augment
+    from ..training.labelled import train
+    from .plots import plot_maps, plot_nino34
 
     ds = load_sst()
     times = ds["time"].values
