@@ -31,8 +31,8 @@ import xarray as xr  # noqa: E402
 
 import xearthformer  # noqa: E402,F401  (registers the accessor)
 from xearthformer import cf, layout  # noqa: E402
-from xearthformer.models.base import Forecaster  # noqa: E402
 from xearthformer.device import resolve_device  # noqa: E402
+from xearthformer.models.base import Forecaster  # noqa: E402
 from xearthformer.models.earthformer.network import Earthformer, presets  # noqa: E402
 
 

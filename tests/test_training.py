@@ -15,7 +15,8 @@ from xearthformer.checkpoint import load
 from xearthformer.cli import main
 from xearthformer.errors import DataError
 from xearthformer.training.labelled import default_variables, train
-from xearthformer.training.data import XarrayWindows, is_lazy, roll_augment, split_by_time
+from xearthformer.layout import is_lazy
+from xearthformer.training.data import XarrayWindows, roll_augment, split_by_time
 
 
 def sst_like(n_time: int = 30, seed: int = 0) -> xr.Dataset:

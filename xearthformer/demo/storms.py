@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from ..data.sevir import SEVIR_THRESHOLDS
 from ..data.storms import storms

@@ -113,12 +113,6 @@ def _period(ds: xr.Dataset, time: str, start: int, stop: int) -> slice:
     return slice(_label(ds, time, start), _label(ds, time, stop - 1))
 
 
-def is_lazy(ds: xr.Dataset | xr.DataArray) -> bool:
-    """True when any variable is backed by a Dask array (Zarr, open_mfdataset, ``chunk()``)."""
-    obj = ds.to_dataset(name="_") if isinstance(ds, xr.DataArray) else ds
-    return any(v.chunks is not None for v in obj.variables.values())
-
-
 def samples_per_init(ds: xr.Dataset, spec: layout.DataSpec) -> int:
     """Samples each init time gives (the product of the extra 'sample' dims, e.g. members)."""
     return int(math.prod(len(c) for c in layout.sample_dims(ds, spec).values()))
