@@ -13,19 +13,16 @@ from torch import nn
 
 from xearthformer.errors import ConfigError
 from xearthformer.training.loop import (
-    BEST_STATE,
-    LAST_STATE,
-    LOSS_CURVE,
     TensorSource,
     TrainConfig,
     autocast_dtype,
     epoch_order,
     evaluate_loss,
     fit,
-    load_state,
     lr_at,
 )
 from xearthformer.training.objectives import Batch, LossTerms, masked_loss_terms
+from xearthformer.training.state import BEST_STATE, LAST_STATE, LOSS_CURVE, load_state
 
 
 class TinyNet(nn.Module):

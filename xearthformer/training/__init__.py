@@ -2,6 +2,8 @@
 
 - :mod:`.loop` -- the tensor loop (AdamW, warm-up + cosine, AMP, DDP, resume, early stopping,
   EMA, checkpoints, progress bars) taking an objective; knows no xarray
+- :mod:`.state` -- what a run keeps across epochs and restarts (``last.pt``, ``best.pt``,
+  the EMA of the weights, the loss curve)
 - :mod:`.objectives` -- the :class:`~.objectives.Objective` protocol and the losses
   (Earthformer's masked, area-weighted MSE is :class:`~.objectives.MaskedMSE`)
 - :mod:`.data` -- the time split and the window sources cut from labelled data
