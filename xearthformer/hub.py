@@ -313,7 +313,7 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     """
     entry = _entry(name)
     paths = {part: fetch(name, cache=cache, progress=progress, part=part) for part in entry.files}
-    forecaster = official_forecaster(entry.family, paths, entry.preset)
+    forecaster = load_official_files(entry.family, paths, entry.preset)
     forecaster.model.eval()
     hashes = {part: file_sha256(path) for part, path in paths.items()}
     single = len(paths) == 1
@@ -324,7 +324,7 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     return forecaster
 
 
-def official_forecaster(family: str, files: Mapping[str, str | os.PathLike[str]], preset: str) -> Forecaster:
+def load_official_files(family: str, files: Mapping[str, str | os.PathLike[str]], preset: str) -> Forecaster:
     """``files`` (part -> path) of an official checkpoint as a Forecaster, by ``family``'s
     official loader (:mod:`xearthformer.models.registry`)."""
     row = registry.family(family)
@@ -365,7 +365,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from .checkpoint import save
 
     files = _source_files(args.source)
-    forecaster = official_forecaster(args.family, files, args.preset)
+    forecaster = load_official_files(args.family, files, args.preset)
     forecaster.metadata.update({
         "source": f"official {args.family} checkpoint",
         "converted_from": {part: os.path.basename(os.fspath(path)) for part, path in files.items()}

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import ForecastModel
+    from .config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -160,12 +164,12 @@ def resolve(ref: str) -> Any:
         raise ConfigError(f"cannot resolve {ref!r}: {err}") from err
 
 
-def presets(family: str = "earthformer") -> dict[str, Any]:
+def presets(family: str = "earthformer") -> dict[str, ModelConfig]:
     """The named configs of ``family`` (Earthformer: ``sevir``, ``enso``, ``small``, ``tiny``)."""
     return dict(resolve(_row(family).presets)())
 
 
-def preset_config(family_name: str, preset: str, **overrides: Any) -> Any:
+def preset_config(family_name: str, preset: str, **overrides: Any) -> ModelConfig:
     """The config of ``family_name``'s preset ``preset`` with some fields replaced; unknown
     presets raise ConfigError listing the valid ones."""
     table = presets(family_name)
@@ -175,6 +179,6 @@ def preset_config(family_name: str, preset: str, **overrides: Any) -> Any:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def build(family_name: str, preset: str, **overrides: Any) -> Any:
+def build(family_name: str, preset: str, **overrides: Any) -> ForecastModel:
     """A network of ``family_name`` built from a preset (fields overridden), e.g. for training."""
     return resolve(_row(family_name).network)(preset_config(family_name, preset, **overrides))

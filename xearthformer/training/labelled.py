@@ -37,7 +37,7 @@ from ..models import registry
 from .data import TimeSplit, XarrayWindows, estimated_bytes, split_by_time
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..models.base import Forecaster
+    from ..models.base import Forecaster, ForecastModel
     from .loop import TrainConfig
 
 #: Encoded windows up to this size are cached in memory when the data are not Dask-backed.
@@ -64,7 +64,7 @@ def _jsonable_history(history: dict[str, list[float]]) -> dict[str, list[float |
 
 
 def _period_str(period: slice | None) -> list[str] | None:
-    return None if period is None else [str(period.start)[:19], str(period.stop)[:19]]
+    return None if period is None else [layout.format_time(period.start), layout.format_time(period.stop)]
 
 
 def train(
@@ -256,7 +256,8 @@ def loss_weights(spec: layout.DataSpec, coslat: bool = True) -> np.ndarray | Non
     return None
 
 
-def build_network(family: str, preset: str, spec: layout.DataSpec, seed: int = 0, **overrides: Any) -> Any:
+def build_network(family: str, preset: str, spec: layout.DataSpec, seed: int = 0,
+                  **overrides: Any) -> ForecastModel:
     """The family's network of ``preset`` for the spec's shapes, initialised from ``seed``
     (without touching the caller's random state)."""
     import torch
