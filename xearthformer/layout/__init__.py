@@ -1,11 +1,11 @@
-"""Labelled xarray data <-> the model's (N, T, H, W, C) tensor layout, both directions.
+"""Labelled xarray data <-> the model's (N, [M,] T, H, W, C) tensor layout, both directions.
 
 A :class:`DataSpec` holds everything needed to use a model on labelled data except the
 weights: which variables (and vertical levels) go in and come out, their normalisation,
 static inputs and calendar features, the grid, the time step, context length and lead count.
 :func:`fit_spec` builds one from training data; :func:`encode_inputs` /
-:func:`encode_targets` cut normalised windows; :func:`decode` turns model output back into a
-labelled dataset on the input's own grid. CF attributes/encoding of the result are
+:func:`encode_targets` cut normalised windows; :func:`decode` turns model output (with an
+ensemble member axis M when asked) back into a labelled dataset on the input's own grid. CF attributes/encoding of the result are
 :mod:`xearthformer.cf`'s job; this package produces the values, dims and coords.
 
 Time convention: ``init_time`` is the time of the last context step; leads are 1..L steps
