@@ -31,9 +31,9 @@ import xarray as xr  # noqa: E402
 
 import xearthformer  # noqa: E402,F401  (registers the accessor)
 from xearthformer import cf, layout  # noqa: E402
-from xearthformer.checkpoint import Forecaster  # noqa: E402
-from xearthformer.forecast import resolve_device  # noqa: E402
-from xearthformer.nn.earthformer import Earthformer, presets  # noqa: E402
+from xearthformer.device import resolve_device  # noqa: E402
+from xearthformer.models.base import Forecaster  # noqa: E402
+from xearthformer.models.earthformer.network import Earthformer, presets  # noqa: E402
 
 
 def synthetic(n_time: int, h: int, w: int, seed: int = 0) -> xr.Dataset:

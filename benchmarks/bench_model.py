@@ -45,8 +45,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from xearthformer.nn.config import preset  # noqa: E402
-from xearthformer.nn.earthformer import Earthformer  # noqa: E402
+from xearthformer.models.earthformer.config import preset  # noqa: E402
+from xearthformer.models.earthformer.network import Earthformer  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,10 @@ def build(case: Case, impl: str, device: str) -> torch.nn.Module:
         import importlib
 
         _baseline_package()
-        earthformer = importlib.import_module("xef_baseline.nn.earthformer")
+        try:
+            earthformer = importlib.import_module("xef_baseline.models.earthformer.network")
+        except ModuleNotFoundError:  # a checkout from before the models/ package
+            earthformer = importlib.import_module("xef_baseline.nn.earthformer")
         model = earthformer.Earthformer(earthformer.EarthformerConfig.from_dict(cfg.to_dict()))
         model.load_state_dict(ours.state_dict())
         return model.to(device)

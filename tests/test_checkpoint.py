@@ -18,7 +18,7 @@ import xearthformer
 from xearthformer import checkpoint as C
 from xearthformer import layout as L
 from xearthformer.errors import CheckpointError, ConfigError, ModelTypeError
-from xearthformer.nn.earthformer import Earthformer
+from xearthformer.models.earthformer.network import Earthformer
 
 
 def small_data(nt=30):

@@ -9,8 +9,8 @@ import xarray as xr
 from tests.cfcheck import cf_errors
 from xearthformer.cli import main
 from xearthformer.data.samples import open_ostia, ostia_path
-from xearthformer.demo import load_sst
-from xearthformer.demo_storms import SIZE, run_storms
+from xearthformer.demo.sst import load_sst
+from xearthformer.demo.storms import SIZE, run_storms
 from xearthformer.errors import DataError
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import xearthformer as xef
 from tests.reference import reference_file
 from xearthformer.errors import ConfigError, ShapeError
-from xearthformer.nn.config import EarthformerConfig
-from xearthformer.nn.earthformer import Earthformer, presets
+from xearthformer.models.earthformer.config import EarthformerConfig
+from xearthformer.models.earthformer.network import Earthformer, presets
 from xearthformer.nn.patterns import Decomposition
 
 

@@ -17,15 +17,16 @@ from tests.test_data_icar_enso import make_icar_enso
 from tests.test_data_sevir import make_sevir
 from tests.test_hub import ENSO_V1
 from xearthformer import metrics
-from xearthformer.checkpoint import Forecaster, save
+from xearthformer.checkpoint import save
+from xearthformer.models.base import Forecaster
 from xearthformer.cli import main
 from xearthformer.data import icar_enso, sevir
 from xearthformer.errors import ConfigError
 from xearthformer.evaluate import PUBLISHED, evaluate
 from xearthformer.forecast import predict_tensor
 from xearthformer.layout import Channel, DataSpec, Grid, TimeStep
-from xearthformer.nn.earthformer import Earthformer
-from xearthformer.official import load_official, official_spec
+from xearthformer.models.earthformer.network import Earthformer
+from xearthformer.models.earthformer.official import load_official, official_spec
 
 ENSO_GROUPS = (("CMIP6", 1, 2), ("CMIP5", 3, 1))     # test model CMIP5-3: 36 months, 11 windows
 
@@ -58,7 +59,7 @@ def test_sevir_scores_equal_metrics_on_all_windows(sevir_case):
     # reference: every window at once, straight through the metrics module
     win = sevir.sevir_windows(root, split="val")
     codes = win.vil.values.astype(np.float32)                        # (6, 25, 32, 32)
-    y = predict_tensor(model, (codes[:, :13] / 255)[..., None], batch_size=6, device="cpu")
+    y = predict_tensor(model, (codes[:, :13] / 255)[..., None], batch_size=6, device="cpu")[:, 0]
     pred = xr.DataArray(y[..., 0] * 255, dims=("init_time", "lead_time", "y", "x"))
     obs = xr.DataArray(codes[:, 13:], dims=pred.dims)
     csi = metrics.csi(pred, obs, thresholds=list(metrics.SEVIR_THRESHOLDS), protocol="sevir")
@@ -105,7 +106,7 @@ def test_enso_scores_equal_metrics_on_all_windows(tmp_path):
     win = icar_enso.icar_enso_windows(ds, split="test")
     sst = win.sst.values
     assert sst.dtype == np.float32                     # official scaling, in float32
-    y = predict_tensor(model, icar_enso.scale_sst(sst[:, :12])[..., None], batch_size=11, device="cpu")
+    y = predict_tensor(model, icar_enso.scale_sst(sst[:, :12])[..., None], batch_size=11, device="cpu")[:, 0]
     pred = xr.DataArray(y[..., 0] * span + lo, dims=("init_time", "lead_time", "lat", "lon"),
                         coords={"lat": win.lat, "lon": win.lon, "lead_time": np.arange(1, 15)})
     index = metrics.nino34_index(pred, protocol="icar-enso")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import xearthformer
-from xearthformer.checkpoint import Forecaster
+from xearthformer.models.base import Forecaster
 from xearthformer.errors import ConfigError, DownloadError
 
 # the module, not the package's function of the same name
@@ -84,7 +84,7 @@ def server():
 @pytest.fixture
 def entry(server, monkeypatch, tmp_path):
     """Point the ENSO registry entry at the loopback server and the cache at tmp_path."""
-    e = pre.Pretrained(server.url + "earthformer_icarenso2021.pt",
+    e = pre.one_file(server.url + "earthformer_icarenso2021.pt",
                        hashlib.sha256(PAYLOAD).hexdigest(), "enso", "stand-in")
     monkeypatch.setitem(pre.REGISTRY, "earthformer-enso", e)
     monkeypatch.setenv("XEARTHFORMER_CACHE", str(tmp_path / "cache"))
@@ -129,7 +129,7 @@ def test_complete_part_is_finished_without_a_body(server, entry, tmp_path):
 
 
 def test_hash_mismatch_deletes_the_file(server, monkeypatch, tmp_path):
-    bad = pre.Pretrained(server.url + "earthformer_sevir.pt", "0" * 64, "sevir", "stand-in")
+    bad = pre.one_file(server.url + "earthformer_sevir.pt", "0" * 64, "sevir", "stand-in")
     monkeypatch.setitem(pre.REGISTRY, "earthformer-sevir", bad)
     with pytest.raises(DownloadError, match="expected 0000") as info:
         pre.fetch("earthformer-sevir", cache=tmp_path, progress=False)
@@ -145,13 +145,13 @@ def test_offline_message_says_where_to_put_the_file(monkeypatch, tmp_path):
     with socket.socket() as s:          # a loopback port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    e = pre.Pretrained(f"http://127.0.0.1:{port}/earthformer_sevir.pt", None, "sevir", "x")
+    e = pre.one_file(f"http://127.0.0.1:{port}/earthformer_sevir.pt", None, "sevir", "x")
     monkeypatch.setitem(pre.REGISTRY, "earthformer-sevir", e)
     monkeypatch.setenv("XEARTHFORMER_CACHE", str(tmp_path / "c"))
     with pytest.raises(DownloadError) as info:
         pre.fetch("earthformer-sevir")
     message = str(info.value)
-    assert "offline" in message and e.url in message
+    assert "offline" in message and e.urls["weights"] in message
     assert str(tmp_path / "c" / "earthformer_sevir.pt") in message and "XEARTHFORMER_CACHE" in message
     assert isinstance(info.value, OSError)
 
@@ -172,11 +172,13 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 
 
 def test_registry_points_at_the_official_readme_urls():
-    assert {k: v.url for k, v in pre.REGISTRY.items()} == {
-        "earthformer-sevir": "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_sevir.pt",
-        "earthformer-enso":
-            "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_icarenso2021.pt",
+    assert {k: v.urls for k, v in pre.REGISTRY.items()} == {
+        "earthformer-sevir": {
+            "weights": "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_sevir.pt"},
+        "earthformer-enso": {
+            "weights": "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_icarenso2021.pt"},
     }
+    assert all(v.family == "earthformer" for v in pre.REGISTRY.values())
 
 
 def test_package_attribute_is_the_function():
@@ -215,7 +217,7 @@ def test_pretrained_converts_the_official_checkpoint(monkeypatch, tmp_path):
     torch.save(official.state_dict(), buffer)
     server = StandIn(buffer.getvalue())
     try:
-        monkeypatch.setitem(pre.REGISTRY, "earthformer-enso", pre.Pretrained(
+        monkeypatch.setitem(pre.REGISTRY, "earthformer-enso", pre.one_file(
             server.url + "earthformer_icarenso2021.pt", None, "enso", "stand-in"))
         fc = xearthformer.pretrained("earthformer-enso", cache=tmp_path, progress=False)
     finally:

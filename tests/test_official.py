@@ -13,9 +13,9 @@ import yaml
 from xearthformer import cli
 from tests.reference import reference_file
 from xearthformer.errors import CheckpointError, ConfigError
-from xearthformer.nn.config import EarthformerConfig, preset
-from xearthformer.nn.earthformer import Earthformer, presets
-from xearthformer.official import load_official, official_spec
+from xearthformer.models.earthformer.config import EarthformerConfig, preset
+from xearthformer.models.earthformer.network import Earthformer, presets
+from xearthformer.models.earthformer.official import load_official, official_spec
 
 pytestmark = pytest.mark.official
 TOL = 1e-5

@@ -17,7 +17,7 @@ def test_every_public_name_resolves(name):
 def test_functions_are_not_shadowed_by_submodules():
     # importing the modules that define them must leave the package attributes callable
     import xearthformer.hub  # noqa: F401
-    import xearthformer.training  # noqa: F401
+    import xearthformer.training.labelled  # noqa: F401
 
     assert callable(xearthformer.train) and callable(xearthformer.pretrained)
 
@@ -38,6 +38,16 @@ def test_import_is_cheap_and_does_not_load_torch():
     code = "import sys, xearthformer; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["--help"], []])
+def test_cli_help_does_not_load_torch(argv):
+    # commands import their modules only when they run: listing them must stay cheap
+    code = ("import sys\nfrom xearthformer.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, file=sys.stderr)" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "convert" in out.stdout      # every command is listed
+    assert out.stderr.strip().splitlines()[-1] == "False"
 
 
 def test_progress_bars_fall_back_to_text_without_jupyter_widgets(monkeypatch):

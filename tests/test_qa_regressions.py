@@ -19,7 +19,7 @@ from xearthformer import checkpoint as C
 from xearthformer import layout as L
 from xearthformer import metrics
 from xearthformer.errors import CheckpointError, ConfigError, DataError
-from xearthformer.nn.earthformer import Earthformer
+from xearthformer.models.earthformer.network import Earthformer
 
 
 def sst_odd_names(nt=36, nlat=8, nlon=12):
@@ -173,7 +173,7 @@ def test_forecast_refuses_data_in_other_units(bundle, tmp_path):
 # -- command line -----------------------------------------------------------------------------
 def test_train_cli_val_year_is_a_start_date():
     # was: --val 2009 parsed as the fraction 2009.0 and rejected
-    from xearthformer.training import _parse_val
+    from xearthformer.training.labelled import _parse_val
 
     assert _parse_val("2009") == "2009"
     assert _parse_val("0.25") == 0.25
@@ -182,7 +182,7 @@ def test_train_cli_val_year_is_a_start_date():
 
 def test_train_val_that_is_no_time_is_a_data_error():
     # was: pandas TypeError from slice_indexer
-    from xearthformer.training_data import split_by_time
+    from xearthformer.training.data import split_by_time
 
     ds = sst_odd_names(nt=12, nlat=4, nlon=6)
     with pytest.raises(DataError, match="val='1' is not a time"):
@@ -192,7 +192,7 @@ def test_train_val_that_is_no_time_is_a_data_error():
 def test_train_cli_set_help_example_uses_real_config_fields():
     # was: the help suggested --set dropout=0.0, which is no EarthformerConfig field
     from xearthformer.cli import build_parser
-    from xearthformer.nn.earthformer import EarthformerConfig
+    from xearthformer.models.earthformer.network import EarthformerConfig
 
     parser = build_parser("train")
     sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
@@ -226,7 +226,7 @@ def test_categorical_scores_do_not_inherit_the_variables_attributes():
 
 def test_fractional_context_and_negative_lr_are_config_errors():
     # was: context=6.5 silently became 6; lr=-1 raised torch's plain ValueError
-    from xearthformer.training_loop import TrainConfig
+    from xearthformer.training.loop import TrainConfig
 
     ds = sst_odd_names(nt=12, nlat=4, nlon=6)
     with pytest.raises(ConfigError, match="whole numbers"):

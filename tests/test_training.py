@@ -14,8 +14,9 @@ from xearthformer import layout
 from xearthformer.checkpoint import load
 from xearthformer.cli import main
 from xearthformer.errors import DataError
-from xearthformer.training import default_variables, train
-from xearthformer.training_data import XarrayWindows, is_lazy, roll_augment, split_by_time
+from xearthformer.training.labelled import default_variables, train
+from xearthformer.layout import is_lazy
+from xearthformer.training.data import XarrayWindows, roll_augment, split_by_time
 
 
 def sst_like(n_time: int = 30, seed: int = 0) -> xr.Dataset:

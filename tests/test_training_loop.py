@@ -12,20 +12,17 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from xearthformer.errors import ConfigError
-from xearthformer.training_loop import (
-    BEST_STATE,
-    LAST_STATE,
-    LOSS_CURVE,
+from xearthformer.training.loop import (
     TensorSource,
     TrainConfig,
     autocast_dtype,
     epoch_order,
     evaluate_loss,
     fit,
-    load_state,
     lr_at,
-    masked_loss_terms,
 )
+from xearthformer.training.objectives import Batch, LossTerms, masked_loss_terms
+from xearthformer.training.state import BEST_STATE, LAST_STATE, LOSS_CURVE, load_state
 
 
 class TinyNet(nn.Module):
@@ -53,7 +50,7 @@ def advection_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def tiny_earthformer() -> nn.Module:
     """The tiny Earthformer preset on the advection shapes, every dropout off."""
-    from xearthformer.nn.earthformer import Earthformer, presets
+    from xearthformer.models.earthformer.network import Earthformer, presets
 
     cfg = presets()["tiny"].replace(input_shape=(3, 8, 8, 1), target_shape=(2, 8, 8, 1))
     return Earthformer(cfg.without_dropout())
@@ -211,3 +208,82 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     # gradients of conv biases followed by GroupNorm, which do not affect the output, into steps)
     torch.testing.assert_close(ddp["pred"], predict(single.model, x), rtol=1e-3, atol=1e-4)
     assert not math.isnan(ddp["val"][-1])
+
+
+# -- EMA of the weights ------------------------------------------------------------------------
+class Constant(nn.Module):
+    """Returns its parameter whatever the input: with a linear loss the gradient is constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w
+
+
+G = torch.tensor([1.0, -2.0, 0.25])
+
+
+def linear_loss(model: nn.Module, batch: Batch) -> LossTerms:
+    return LossTerms((model(batch.x) * G).sum(), 1.0)
+
+
+def _ema_run(decay: float, steps: int) -> tuple[np.ndarray, np.ndarray, float]:
+    src = TensorSource(np.zeros((steps, 1, 1, 1, 1)), np.zeros((steps, 1, 1, 1, 1)))
+    cfg = TrainConfig(epochs=1, batch_size=1, lr=0.01, warmup=0.0, min_lr_ratio=1.0, clip_grad=None,
+                      ema_decay=decay, progress=False)
+    model = Constant()
+    p0 = model.w.detach().numpy().copy()
+    res = fit(model, src, None, cfg, linear_loss, device="cpu")
+    # Adam on a constant gradient moves every weight by lr * sign(g) per step: p_k = p0 - k c
+    c = 0.01 * G.numpy() / (np.abs(G.numpy()) + 1e-8)
+    np.testing.assert_allclose(res.model.w.detach().numpy(), p0 - steps * c, rtol=1e-5)
+    return res.ema_state["w"].numpy(), p0, c
+
+
+def test_ema_during_warm_up_equals_the_closed_form():
+    # decay 0.999 never binds in 12 steps: update n uses d_n = (1 + n) / (10 + n), so
+    # e_K = p0 - c * sum_k k * 9 / (9 + k) * K! (k + 9)! / (k! (K + 9)!)
+    steps = 12
+    ema, p0, c = _ema_run(0.999, steps)
+    f = math.factorial
+    s = sum(k * 9 / (9 + k) * f(steps) * f(k + 9) / (f(k) * f(steps + 9)) for k in range(1, steps + 1))
+    np.testing.assert_allclose(ema, p0 - c * s, rtol=1e-5)
+
+
+def test_ema_with_a_binding_decay_equals_the_closed_form():
+    # decay 0.05 < 1/10 binds from the first update: e_K = p0 - c * S with
+    # S = K (1 - d^K) - d (1 - K d^(K-1) + (K - 1) d^K) / (1 - d)
+    steps, d = 7, 0.05
+    ema, p0, c = _ema_run(d, steps)
+    s = steps * (1 - d ** steps) - d * (1 - steps * d ** (steps - 1) + (steps - 1) * d ** steps) / (1 - d)
+    np.testing.assert_allclose(ema, p0 - c * s, rtol=1e-5)
+
+
+def test_resume_with_ema_reproduces_an_uninterrupted_run(tmp_path):
+    x, y = advection_data(12)
+    cfg = TrainConfig(epochs=4, batch_size=4, lr=5e-3, ema_decay=0.9, progress=False)
+
+    def run(ckdir, stop_after=None, resume=None):
+        torch.manual_seed(1)
+        return fit(TinyNet(dropout=0.3), TensorSource(x, y), None, cfg, checkpoint_dir=ckdir, resume=resume,
+                   on_epoch_end=(lambda e, *a: e >= stop_after) if stop_after else None)
+
+    full = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=2)
+    assert load_state(tmp_path / "b" / LAST_STATE)["ema"]["updates"] == 2 * 3
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.history["step_loss"] == full.history["step_loss"]
+    assert full.ema_state.keys() == resumed.ema_state.keys()
+    for k in full.ema_state:
+        assert torch.equal(full.ema_state[k], resumed.ema_state[k]), k
+    # the average differs from the last weights (it lags them)
+    assert not torch.equal(full.ema_state["blocks.0.weight"], full.model.state_dict()["blocks.0.weight"])
+
+
+def test_ema_decay_is_checked():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+    assert fit(TinyNet(), TensorSource(*advection_data(4)), None,
+               TrainConfig(epochs=1, batch_size=4, progress=False)).ema_state is None

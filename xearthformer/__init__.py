@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 from . import accessor as _accessor  # noqa: F401  (registers .earthformer)
+from ._version import __version__
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -23,21 +24,19 @@ from .errors import (
     XEarthformerError,
 )
 
-__version__ = "0.1.0"
-
 # public name -> (module that defines it, attribute; None for the module itself), loaded
 # lazily (PEP 562). Function names never equal a submodule's name (``train`` lives in
 # ``training``), because importing a submodule would overwrite the package attribute.
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "Earthformer": ("xearthformer.nn.earthformer", "Earthformer"),
-    "EarthformerConfig": ("xearthformer.nn.earthformer", "EarthformerConfig"),
-    "presets": ("xearthformer.nn.earthformer", "presets"),
-    "Forecaster": ("xearthformer.checkpoint", "Forecaster"),
+    "Earthformer": ("xearthformer.models.earthformer.network", "Earthformer"),
+    "EarthformerConfig": ("xearthformer.models.earthformer.config", "EarthformerConfig"),
+    "presets": ("xearthformer.models.registry", "presets"),
+    "Forecaster": ("xearthformer.models.base", "Forecaster"),
     "save": ("xearthformer.checkpoint", "save"),
     "load": ("xearthformer.checkpoint", "load"),
-    "load_official": ("xearthformer.official", "load_official"),
+    "load_official": ("xearthformer.models.earthformer.official", "load_official"),
     "pretrained": ("xearthformer.hub", "pretrained"),
-    "train": ("xearthformer.training", "train"),
+    "train": ("xearthformer.training.labelled", "train"),
     "metrics": ("xearthformer.metrics", None),
 }
 

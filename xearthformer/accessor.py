@@ -11,9 +11,12 @@ Nothing here does maths, and ``__init__`` cannot fail.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.base import Forecaster
 
 
 class EarthformerAccessor:
@@ -42,9 +45,20 @@ class EarthformerAccessor:
             self._obj, model, init=init, lead=lead, batch_size=batch_size, device=device, **kwargs
         )
 
-    def fit(self, **kwargs: Any) -> Any:
+    def ensemble(self, model: Any, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """An ensemble forecast (``member`` dim) from this data with a stochastic family's
+        :class:`xearthformer.Forecaster`: ``ensemble(model, members=16, seed=0, init=None,
+        lead=None, ...)``.
+
+        See :func:`xearthformer.forecast.ensemble` for the parameters.
+        """
+        from .forecast import ensemble
+
+        return ensemble(self._obj, model, *args, **kwargs)
+
+    def fit(self, **kwargs: Any) -> Forecaster:
         """Train a Forecaster on this data; see :func:`xearthformer.train`."""
-        from .training import train
+        from .training.labelled import train
 
         return train(self._obj, **kwargs)
 

@@ -3,9 +3,9 @@
 
 :func:`write_forecast` computes a (lazy) forecast from :func:`xearthformer.forecast.forecast`
 init-time chunk by init-time chunk and records finished chunks in the store, so a killed run
-picks up where it stopped. :func:`open_archive` opens the input files lazily;
-:func:`add_forecast_arguments` / :func:`run_forecast` are the command line
-(see :mod:`xearthformer.cli`).
+picks up where it stopped. :func:`add_forecast_arguments` / :func:`run_forecast` are the
+command line (see :mod:`xearthformer.cli`); it opens its input with
+:func:`xearthformer.data.files.open_archive`.
 
 >>> fc = forecast(open_archive(["a.nc", "b.nc"]), model, chunk=8)  # doctest: +SKIP
 >>> print(write_forecast(fc, "out.zarr"))                          # doctest: +SKIP
@@ -19,15 +19,17 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from .data.files import input_paths, open_archive
 from .errors import ConfigError, DataError
 from .forecast import find_time_dim, forecast
+from .layout import format_time
 
 #: group attribute of a Zarr forecast store: [start, stop) init-time index ranges written
 DONE_ATTR = "xearthformer_done"
@@ -67,12 +69,6 @@ def _chunk_slices(fc: xr.Dataset) -> list[slice]:
     sizes = fc.chunksizes["init_time"]
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _format_time(t: Any) -> str:
-    if isinstance(t, np.datetime64):
-        return str(np.datetime_as_string(t, unit="s")).replace("-", "").replace(":", "")
-    return t.strftime("%Y%m%dT%H%M%S")
 
 
 def _data_only(piece: xr.Dataset) -> xr.Dataset:
@@ -223,9 +219,7 @@ def write_forecast(
     import glob
     import shutil
 
-    from .progress import tqdm_class
-
-    tqdm = tqdm_class()
+    from .progress import progress_bar
 
     if format not in ("zarr", "netcdf"):
         raise ConfigError(f"format must be 'zarr' or 'netcdf', got {format!r}.")
@@ -248,14 +242,14 @@ def write_forecast(
     else:
         os.makedirs(path, exist_ok=True)
         _remove_partials(path)
-        names = [os.path.join(path, f"forecast_{_format_time(fc['init_time'].values[s.start])}.nc")
+        names = [os.path.join(path, f"forecast_{format_time(fc['init_time'].values[s.start], compact=True)}.nc")
                  for s in slices]
         pending = [i for i, name in enumerate(names) if not os.path.exists(name)]
 
     skipped = len(slices) - len(pending)
     pieces = {i: fc.isel(init_time=slices[i]) for i in pending}
-    bar = tqdm(total=len(slices), initial=skipped, unit="chunk", desc="forecast",
-               disable=(None if progress is None else not progress))
+    bar = progress_bar(total=len(slices), progress=progress, initial=skipped, unit="chunk",
+                       desc="forecast")
     try:
         for i, piece in _compute_pieces(pieces, client):
             if format == "zarr":
@@ -322,28 +316,6 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
                        help="start a local Dask cluster with N worker processes")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def input_paths(patterns: Sequence[str]) -> list[str]:
-    import glob
-
-    paths: list[str] = []
-    for pattern in patterns:
-        found = sorted(glob.glob(pattern))
-        if not found and not glob.has_magic(pattern) and os.path.exists(pattern):
-            found = [pattern]
-        paths.extend(found)
-    if not paths:
-        raise DataError(f"--input {' '.join(patterns)} matches no file; expected NetCDF/Zarr paths.")
-    return paths
-
-
-def open_archive(paths: Sequence[str]) -> xr.Dataset:
-    """Open NetCDF files (or one Zarr store) lazily, combined along time."""
-    if len(paths) == 1 and (paths[0].rstrip("/").endswith(".zarr") or os.path.isdir(paths[0])):
-        return xr.open_zarr(paths[0])
-    return xr.open_mfdataset(paths, combine="by_coords", data_vars="minimal", coords="minimal",
-                             compat="override", join="outer")
 
 
 def run_forecast(args: argparse.Namespace) -> int:

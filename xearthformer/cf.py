@@ -33,14 +33,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._version import __version__
 from .errors import DataError
+from .layout.decoding import MEMBER_ATTRS
 
 #: names of the forecast coordinates and their CF attributes
 FORECAST_COORDS: dict[str, dict[str, str]] = {
     "init_time": {"standard_name": "forecast_reference_time", "long_name": "forecast initialisation time"},
     "lead_time": {"standard_name": "forecast_period", "long_name": "forecast lead time"},
     "valid_time": {"standard_name": "time", "long_name": "valid time of the forecast"},
-    "member": {"standard_name": "realization", "long_name": "ensemble member", "units": "1"},
+    "member": dict(MEMBER_ATTRS),
 }
 #: standard names that only the forecast's own coordinates may carry
 _RESERVED_STANDARD_NAMES = {attrs["standard_name"]: name for name, attrs in FORECAST_COORDS.items()}
@@ -179,8 +181,6 @@ def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _history_line(history: str | None) -> str:
-    from . import __version__
-
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{stamp}: {history or 'forecast'} (xearthformer {__version__})"
 
@@ -285,8 +285,6 @@ def to_cf(
     attrs["Conventions"] = CONVENTIONS
     attrs["title"] = title or ds.attrs.get("title") or "xearthformer forecast"
     if source is None:
-        from . import __version__
-
         source = f"xearthformer {__version__}"
     attrs["source"] = source
     inst = institution or ds.attrs.get("institution") or like_attrs.get("institution")

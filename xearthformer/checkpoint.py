@@ -1,12 +1,13 @@
-"""The one-file model bundle: :class:`Forecaster`, :func:`save` and :func:`load`.
+"""The one-file model bundle of a :class:`~xearthformer.models.base.Forecaster`: :func:`save` and :func:`load`.
 
 A bundle is a single safetensors file. Tensors: the model's state_dict under ``model.``
 and the spec's arrays (climatology, static fields, land masks, 2-D lat/lon) under ``spec.``.
 JSON in the safetensors header metadata: the bundle format version, the package version,
 the model class and config, and the :class:`~xearthformer.layout.DataSpec`. Loading parses
-JSON and raw tensors only, so it never executes code from the file. Training checkpoints
-(optimizer state etc.) are separate files owned by :mod:`xearthformer.training`; bundles
-are what users share.
+JSON and raw tensors only, so it never executes code from the file: the model class is
+looked up in :mod:`xearthformer.models.registry` (a family's ``bundle_classes``), never
+imported by the name the file gives. Training checkpoints (optimizer state etc.) are separate
+files owned by :mod:`xearthformer.training`; bundles are what users share.
 
 >>> fc = Forecaster(model, spec)                                     # doctest: +SKIP
 >>> save(fc, "sst.xef"); fc2 = load("sst.xef")                       # doctest: +SKIP
@@ -15,7 +16,6 @@ are what users share.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import struct
@@ -24,130 +24,24 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .errors import CheckpointError, ConfigError, ModelTypeError
 from .layout import DataSpec
+from .models import registry
+from .models.base import Forecaster
 
 #: bundle format written by :func:`save`; :func:`load` refuses anything newer.
 FORMAT = "xearthformer-bundle"
 FORMAT_VERSION = 1
-#: model classes a bundle may name -> (module, class); loading instantiates only these, so a
-#: file can never make :func:`load` import or run anything else.
-MODEL_CLASSES: dict[str, tuple[str, str]] = {
-    "Earthformer": ("xearthformer.nn.earthformer", "Earthformer"),
-}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header size
 
 
-class Forecaster:
-    """An Earthformer plus everything needed to use it on labelled data.
-
-    Parameters
-    ----------
-    model : xearthformer.Earthformer
-        The network; its ``config.input_shape``/``target_shape`` must match ``spec``.
-    spec : DataSpec
-        Variables, normalisation, grid, time step, context and lead.
-    metadata : dict, optional
-        Free-form JSON-able information (training data, history...), saved in the bundle.
-    version : str, optional
-        Package version that created the bundle (default: this one).
-
-    Attributes
-    ----------
-    model, spec, metadata, version
-
-    Raises
-    ------
-    ConfigError
-        The model's input/target shapes disagree with the spec.
-
-    Examples
-    --------
-    >>> fc = Forecaster(Earthformer(cfg), spec)                      # doctest: +SKIP
-    >>> fc.context, fc.lead                                          # doctest: +SKIP
-    (12, 14)
-    """
-
-    def __init__(self, model: Any, spec: DataSpec, metadata: dict[str, Any] | None = None,
-                 version: str | None = None) -> None:
-        if not isinstance(spec, DataSpec):
-            raise ModelTypeError(f"spec must be a layout.DataSpec, got {type(spec).__name__}.")
-        config = getattr(model, "config", None)
-        if config is None or not hasattr(config, "to_dict"):
-            raise ModelTypeError(
-                f"model must be an xearthformer Earthformer (with a .config), got "
-                f"{type(model).__name__}."
-            )
-        _check_shapes(config, spec)
-        from . import __version__
-
-        self.model = model
-        self.spec = spec
-        self.metadata = dict(metadata or {})
-        self.version = __version__ if version is None else str(version)
-
-    @property
-    def context(self) -> int:
-        """Number of input time steps."""
-        return self.spec.context
-
-    @property
-    def lead(self) -> int:
-        """Number of predicted time steps."""
-        return self.spec.lead
-
-    def to(self, device: Any) -> Forecaster:
-        """Move the model to ``device`` (in place); returns self."""
-        self.model.to(device)
-        return self
-
-    def forecast(self, obj: Any, **kwargs: Any) -> Any:
-        """Forecast from labelled data; see :func:`xearthformer.forecast.forecast`."""
-        from .forecast import forecast
-
-        return forecast(obj, self, **kwargs)
-
-    def __repr__(self) -> str:
-        s = self.spec
-        return (f"Forecaster({type(self.model).__name__}, inputs={[c.name for c in s.inputs]}, "
-                f"targets={[c.name for c in s.targets]}, grid={s.grid.shape}, step={s.step}, "
-                f"context={s.context}, lead={s.lead})")
-
-
-def _check_shapes(config: Any, spec: DataSpec) -> None:
-    for what, expected in (("input_shape", spec.input_shape), ("target_shape", spec.target_shape)):
-        got = getattr(config, what, None)
-        if got is not None and tuple(got) != tuple(expected):
-            raise ConfigError(
-                f"the model's {what} is {tuple(got)} but the data spec implies {expected} "
-                "(T, H, W, C). Fix: build the model with "
-                f"Earthformer.from_preset(..., input_shape={spec.input_shape}, "
-                f"target_shape={spec.target_shape})."
-            )
-
-
-def _unwrap(model: Any) -> Any:
-    """The plain module inside DistributedDataParallel/DataParallel or torch.compile."""
-    while True:
-        if type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def _model_class_name(model: Any) -> str:
-    for name, (module, attr) in MODEL_CLASSES.items():
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        if type(model) is cls:
-            return name
-    raise ModelTypeError(
-        f"cannot save a {type(model).__name__}; bundles hold one of {sorted(MODEL_CLASSES)}."
-    )
+    try:
+        registry.family_of(model)
+    except ConfigError as err:
+        raise ModelTypeError(f"cannot save a {type(model).__name__}: {err}") from err
+    return type(model).__name__
 
 
 def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
@@ -170,12 +64,14 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from .parallel import unwrap_model
+
     if not isinstance(forecaster, Forecaster):
         raise ModelTypeError(
             f"save() takes a xearthformer.Forecaster, got {type(forecaster).__name__}. "
             "Fix: wrap the model: Forecaster(model, spec)."
         )
-    model, spec = _unwrap(forecaster.model), forecaster.spec
+    model, spec = unwrap_model(forecaster.model), forecaster.spec
     tensors: dict[str, Any] = {}
     # clone: safetensors refuses tensors that share storage (views, tied weights)
     for key, value in model.state_dict().items():
@@ -300,8 +196,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"1..{FORMAT_VERSION}. {_RESAVE}"
         )
     if version > FORMAT_VERSION:
-        from . import __version__
-
         raise CheckpointError(
             f"{path} uses bundle format version {version} (written by xearthformer "
             f"{meta.get('xearthformer_version', '?')}); this xearthformer {__version__} reads "
@@ -367,14 +261,16 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     device = resolve_device(device)  # a bad device fails here, not as a corrupt file
     meta = read_metadata(path)
     name = meta["model_class"]
-    if name not in MODEL_CLASSES:
+    try:
+        row = registry.family_for_bundle_class(name)
+    except ConfigError as err:
+        known = sorted(c for f in registry.families().values() for c in f.bundle_classes)
         raise CheckpointError(
-            f"{path} holds a model of class {name!r}; this xearthformer knows "
-            f"{sorted(MODEL_CLASSES)}. Fix: upgrade xearthformer."
-        )
-    module, attr = MODEL_CLASSES[name]
-    cls = getattr(importlib.import_module(module), attr)
-    config_cls = _config_class(cls)
+            f"{path} holds a model of class {name!r}; this xearthformer knows {known}. Fix: "
+            "upgrade xearthformer, or install the plugin that registers that model family."
+        ) from err
+    cls = row.bundle_class(name)
+    config_cls = registry.resolve(row.config)
     try:
         config = config_cls.from_dict(meta["model_config"])
     except (ConfigError, KeyError, TypeError, ValueError) as err:
@@ -415,12 +311,3 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     except ConfigError as err:
         raise CheckpointError(f"{path}: model and data spec disagree: {err}") from err
 
-
-def _config_class(cls: type) -> type:
-    """The config dataclass of a model class: ``cls.config_class`` or, by the package's
-    naming convention, ``<Name>Config`` in the same module."""
-    explicit = getattr(cls, "config_class", None)
-    if explicit is not None:
-        return explicit
-    module = importlib.import_module(cls.__module__)
-    return getattr(module, f"{cls.__name__}Config")

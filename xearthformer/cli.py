@@ -19,20 +19,21 @@ from .errors import XEarthformerError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("xearthformer.demo", "train on real SST (or synthetic storms) and forecast, in minutes on a CPU"),
-    "train": ("xearthformer.training", "train a model on NetCDF/Zarr data and save a .xef bundle"),
+    "train": ("xearthformer.training.labelled", "train a model on NetCDF/Zarr data and save a .xef bundle"),
     "forecast": ("xearthformer.archive", "forecast every init time of a NetCDF archive into Zarr/NetCDF (resumable)"),
     "evaluate": ("xearthformer.evaluate", "score a model on SEVIR or ICAR-ENSO with the papers' protocol"),
-    "convert": ("xearthformer.official", "convert an official Earthformer checkpoint into a .xef bundle"),
+    "convert": ("xearthformer.hub", "convert an official checkpoint (Earthformer...) into a .xef bundle"),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Build the parser; only ``command``'s module is imported (all of them when None)."""
+    """Build the parser; only ``command``'s module is imported, so ``xearthformer --help``
+    (``command`` None) imports none of them and no torch."""
     parser = argparse.ArgumentParser(prog="xearthformer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        if command is None or command == name:
+        if command == name:
             module = importlib.import_module(module_name)
             getattr(module, f"add_{name}_arguments")(sp)
     return parser

@@ -15,8 +15,10 @@ forward mean: 12 leads); the observed index is the label file's. C-Nino3.4-M/WM 
 ``metrics.c_nino34(..., protocol="icar-enso")``. MSE/MAE on the official min-max scale.
 
 Model inputs are normalised with the Forecaster's own spec (one input and one target
-channel; methods zscore/minmax/scale/none), and outputs de-normalised with it, so a model
-trained with xearthformer is scored exactly like the converted official weights.
+channel; methods zscore/minmax/scale/none) through :meth:`xearthformer.layout.Channel.normalise`
+and outputs de-normalised with it, so a model trained with xearthformer is scored exactly like
+the converted official weights. Which data sets a model may be scored on is its family's
+``datasets`` in :mod:`xearthformer.models.registry`.
 
 >>> scores = evaluate("earthformer-enso", "enso", "~/data/icar_enso_2021")   # doctest: +SKIP
 >>> float(scores.c_nino34_m)                                                # doctest: +SKIP
@@ -36,6 +38,11 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError, DataError
+from .forecast import DEFAULT_BATCH_SIZE, predict_tensor
+from .layout import Channel
+from .models import registry
+from .models.base import Forecaster, check_forecaster
+from .progress import progress_bar
 
 #: published Earthformer test scores (DESIGN.md table); the CLI prints ours beside them
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -43,17 +50,16 @@ PUBLISHED: dict[str, dict[str, float]] = {
     "enso": {"c_nino34_m": 0.7329, "c_nino34_wm": 2.259, "mse": 2.546e-4},
 }
 DATASETS = tuple(PUBLISHED)
-DEFAULT_BATCH_SIZE = 16
 _METHODS = ("zscore", "minmax", "scale", "none")
 
 
 # ----------------------------------------------------------------------------------------------
 # model loading and (de)normalisation with the model's own spec
 # ----------------------------------------------------------------------------------------------
-def _load_model(model: Any) -> Any:
+def _load_model(model: Any) -> Forecaster:
     """A Forecaster from a Forecaster, a ``.xef`` path or a pretrained name."""
     if not isinstance(model, (str, os.PathLike)):
-        return model
+        return check_forecaster(model)
     path = Path(model).expanduser()
     if path.exists():
         from .checkpoint import load
@@ -69,7 +75,7 @@ def _load_model(model: Any) -> Any:
     )
 
 
-def _channel(forecaster: Any) -> tuple[Any, Any]:
+def _channel(forecaster: Forecaster) -> tuple[Channel, Channel]:
     """The single input and target channel of the model's spec (checked)."""
     spec = forecaster.spec
     if spec.n_inputs != 1 or spec.n_targets != 1:
@@ -87,15 +93,23 @@ def _channel(forecaster: Any) -> tuple[Any, Any]:
     return spec.inputs[0], spec.targets[0]
 
 
-def _encode(values: np.ndarray, ch: Any) -> np.ndarray:
-    return ((values - np.float32(ch.offset)) / np.float32(ch.scale)).astype(np.float32)[..., None]
+def _predict(forecaster: Forecaster, raw: np.ndarray, ch_in: Channel, ch_out: Channel,
+             batch_size: int, device: Any) -> np.ndarray:
+    """Raw (N, T_in, H, W) inputs -> raw (N, T_out, H, W) predictions: normalise with the
+    model's input channel, run the model, de-normalise with its target channel (in float32,
+    as the official protocols scale)."""
+    x = ch_in.normalise(raw, dtype=np.float32)[..., None]
+    y = predict_tensor(forecaster, x, batch_size=batch_size, device=device, progress=False)
+    return ch_out.denormalise(y[:, 0, ..., 0], dtype=np.float32).astype(np.float32)
 
 
-def _decode(y: np.ndarray, ch: Any) -> np.ndarray:
-    return (y[..., 0] * np.float32(ch.scale) + np.float32(ch.offset)).astype(np.float32)
+def _blocks(n: int, batch_size: int, progress: bool | None, desc: str) -> Any:
+    """Start indices of the blocks of ``batch_size`` windows the test set is streamed in."""
+    starts = range(0, n, batch_size)
+    return progress_bar(starts, progress=progress, total=len(starts), desc=desc, unit="batch")
 
 
-def _check_fit(forecaster: Any, context: int, lead: int, shape: tuple[int, int], name: str) -> None:
+def _check_fit(forecaster: Forecaster, context: int, lead: int, shape: tuple[int, int], name: str) -> None:
     spec = forecaster.spec
     if (spec.context, spec.lead) != (context, lead) or tuple(spec.grid.shape) != tuple(shape):
         raise ConfigError(
@@ -105,24 +119,13 @@ def _check_fit(forecaster: Any, context: int, lead: int, shape: tuple[int, int],
         )
 
 
-def _batches(n: int, batch_size: int, progress: bool | None, desc: str):
-    from .progress import tqdm_class
-
-    tqdm = tqdm_class()
-
-    starts = range(0, n, batch_size)
-    return tqdm(starts, total=len(starts), desc=desc, unit="batch",
-                disable=None if progress is None else not progress)
-
-
 # ----------------------------------------------------------------------------------------------
 # SEVIR
 # ----------------------------------------------------------------------------------------------
-def _evaluate_sevir(forecaster: Any, data_dir: Any, split: str, batch_size: int, device: Any,
+def _evaluate_sevir(forecaster: Forecaster, data_dir: Any, split: str, batch_size: int, device: Any,
                     max_samples: int | None, official_batching: bool, progress: bool | None
                     ) -> xr.Dataset:
     from .data import sevir
-    from .forecast import predict_tensor
     from .metrics import contingency, scores_from_counts
     from .metrics.categorical import SEVIR_EPS, SEVIR_THRESHOLDS
 
@@ -139,12 +142,11 @@ def _evaluate_sevir(forecaster: Any, data_dir: Any, split: str, batch_size: int,
     lead = win.step.values[n_in:]
     counts: xr.Dataset | None = None
     sq = ab = 0.0
-    for i0 in _batches(n, batch_size, progress, "evaluate sevir"):
+    for i0 in _blocks(n, batch_size, progress, "evaluate sevir"):
         block = var.isel(sample=slice(i0, min(i0 + batch_size, n))).values    # uint8 codes
         x = block[:, :n_in].astype(np.float32)
         obs = block[:, n_in:].astype(np.float32)
-        y = predict_tensor(forecaster, _encode(x, ch_in), batch_size=batch_size, device=device)
-        pred = _decode(y, ch_out)                                            # pixel code
+        pred = _predict(forecaster, x, ch_in, ch_out, batch_size, device)  # pixel code
         dims = ("init_time", "lead_time", "y", "x")
         c = contingency(xr.DataArray(pred, dims=dims, coords={"lead_time": lead}),
                         xr.DataArray(obs, dims=dims, coords={"lead_time": lead}),
@@ -178,10 +180,9 @@ def _evaluate_sevir(forecaster: Any, data_dir: Any, split: str, batch_size: int,
 # ----------------------------------------------------------------------------------------------
 # ICAR-ENSO
 # ----------------------------------------------------------------------------------------------
-def _evaluate_enso(forecaster: Any, data_dir: Any, split: str, batch_size: int, device: Any,
+def _evaluate_enso(forecaster: Forecaster, data_dir: Any, split: str, batch_size: int, device: Any,
                    max_samples: int | None, progress: bool | None) -> xr.Dataset:
     from .data import icar_enso
-    from .forecast import predict_tensor
     from .metrics import c_nino34, nino34_index
 
     ds = data_dir if isinstance(data_dir, xr.Dataset) else icar_enso.open_icar_enso(data_dir)
@@ -198,11 +199,9 @@ def _evaluate_enso(forecaster: Any, data_dir: Any, split: str, batch_size: int, 
     coords = {"lat": win.lat, "lon": win.lon, "lead_time": np.arange(1, n_out + 1)}
     indices = []
     sq = ab = 0.0
-    for i0 in _batches(n, batch_size, progress, "evaluate enso"):
+    for i0 in _blocks(n, batch_size, progress, "evaluate enso"):
         sst = win.sst.isel(sample=slice(i0, min(i0 + batch_size, n))).values
-        y = predict_tensor(forecaster, _encode(sst[:, :n_in], ch_in), batch_size=batch_size,
-                           device=device)
-        pred = _decode(y, ch_out)                                          # degC anomaly
+        pred = _predict(forecaster, sst[:, :n_in], ch_in, ch_out, batch_size, device)  # degC anomaly
         index = nino34_index(
             xr.DataArray(pred, dims=("init_time", "lead_time", "lat", "lon"),
                          coords={**coords, "init_time": np.arange(i0, i0 + len(pred))}),
@@ -293,6 +292,10 @@ def evaluate(
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     forecaster = _load_model(model)
+    row = registry.family_of(forecaster)
+    if dataset not in row.datasets:
+        raise ConfigError(f"the {row.name} family is not scored on {dataset!r}; its data sets are "
+                          f"{list(row.datasets) or 'none'}.")
     if dataset == "sevir":
         scores = _evaluate_sevir(forecaster, data_dir, split, int(batch_size), device,
                                  max_samples, official_batching, progress)

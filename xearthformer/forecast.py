@@ -1,21 +1,29 @@
-"""Forecasting labelled data: eager and lazy (Dask, chunked over init time).
+"""Forecasting labelled data, for every model family: eager and lazy (Dask, chunked over init time).
 
-Two layers, each usable alone:
+Three entry points, each usable alone:
 
-* :func:`predict_tensor` - the one place the torch model runs for inference (eval mode,
-  ``torch.inference_mode``, batching, device placement, optional progress bar). Training,
+* :func:`predict_tensor` - the one place a network runs for inference (eval mode,
+  ``torch.inference_mode``, batching, device placement, optional progress bar), through the
+  family protocol's ``predict`` (:class:`~xearthformer.models.base.ForecastModel`). Training,
   the demo and ``evaluate`` reuse it.
 * :func:`forecast` - labelled data in, CF forecast dataset out (``init_time``,
-  ``lead_time``, 2-D ``valid_time``). On Dask-backed input the result is lazy, one task per
-  init-time chunk; each task reads just the context windows it needs, and the model bundle
-  is a single graph key, so a ``dask.distributed`` cluster ships it once to each worker.
+  ``lead_time``, 2-D ``valid_time``). A stochastic family's forecast is the mean of
+  ``members=8`` members (``cell_methods = "realization: mean"``).
+* :func:`ensemble` - the same with a ``member`` dim (stochastic families only); ``members``
+  is a count or a list of member indices, and every member is reproducible alone: its noise
+  comes from a key of (seed, init time, sample, member) (:mod:`xearthformer.models.keys`).
+
+On Dask-backed input the result is lazy, one task per init-time chunk; each task reads just
+the context windows it needs, and the model bundle is a single graph key, so a
+``dask.distributed`` cluster ships it once to each worker.
 
 Writing a whole archive's forecast resumably, and the ``xearthformer forecast`` command,
 are :mod:`xearthformer.archive`'s job. The labelled <-> tensor conversion is
 :mod:`xearthformer.layout`'s; CF naming is :mod:`xearthformer.cf`'s.
 
 >>> fc = forecast(sst, model, init=slice("2009", "2010"))            # doctest: +SKIP
->>> y = predict_tensor(model, x, batch_size=8)                       # doctest: +SKIP
+>>> ens = ensemble(radar, prediff, members=16, seed=1)               # doctest: +SKIP
+>>> y = predict_tensor(model, x, batch_size=8)        # (N, M, T, H, W, C)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,21 +32,28 @@ import os
 import sys
 import uuid
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from . import cf
-from .errors import ConfigError, DataError, ModelTypeError
+from . import cf, layout
+from .errors import ConfigError, DataError, ModelTypeError, ShapeError
+from .models.base import Forecaster, check_forecaster, is_stochastic
+from .models.keys import make_keys, member_indices
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .checkpoint import Forecaster
-
-#: default number of samples per model call
+#: default number of samples (or, for stochastic families, (sample, member) pairs) per model call
 DEFAULT_BATCH_SIZE = 16
+#: members averaged by :func:`forecast` on a stochastic family
+FORECAST_MEMBERS = 8
+#: members of :func:`ensemble` by default
+ENSEMBLE_MEMBERS = 16
+#: the variables' ``cell_methods`` of a forecast that is an ensemble mean
+ENSEMBLE_MEAN = "realization: mean"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,56 +70,85 @@ def _torch_module(model: Any) -> torch.nn.Module:
     return module
 
 
+def _keys_array(keys: Any, n: int) -> np.ndarray:
+    k = keys.detach().cpu().numpy() if hasattr(keys, "detach") else np.asarray(keys)
+    if k.ndim != 2 or k.shape[0] != n or k.shape[1] < 1 or k.dtype.kind not in "iu":
+        raise ShapeError(f"keys must be an (N, M) int64 array with N = {n} (one key per sample and "
+                         f"member), got {getattr(k, 'shape', None)} of dtype {k.dtype}; make them "
+                         "with xearthformer.models.keys.make_keys.")
+    return k.astype(np.int64)
+
+
+def _rows(x: Any, index: np.ndarray) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x[torch.from_numpy(index)]
+    return x[index]
+
+
 def predict_tensor(
     forecaster: Any,
     x: np.ndarray | torch.Tensor,
+    *,
+    keys: Any = None,
     batch_size: int | None = None,
     device: Any = "auto",
-    progress: bool | None = False,
+    progress: bool | None = None,
+    **sampling: Any,
 ) -> np.ndarray:
-    """Run the model on an (N, T_in, H, W, C_in) array; the one inference entry point.
+    """Run a network on an (N, T_in, H, W, C_in) array; the one inference entry point.
 
-    The model runs in eval mode under ``torch.inference_mode``, ``batch_size`` samples at a
-    time, on ``device`` (the model is moved there, in place). A model that was in training
-    mode is put back into training mode afterwards.
+    The network runs in eval mode under ``torch.inference_mode`` on ``device`` (moved there,
+    in place; a network that was in training mode is put back afterwards), through its
+    family's ``predict``. Deterministic families run ``batch_size`` samples per call and give
+    M = 1; stochastic ones run ``batch_size`` (sample, member) pairs per call, each pair with
+    its own key, so a member's values do not depend on the batch size.
 
     Parameters
     ----------
     forecaster : Forecaster or torch.nn.Module
-        The bundle (its ``.model`` runs) or a bare network.
+        The bundle (its ``.model`` runs) or a bare network; a module without ``predict``
+        is treated as a deterministic ``module(x)``.
     x : np.ndarray or torch.Tensor
         Normalised inputs, float, shape (N, T_in, H, W, C_in).
+    keys : array-like or Tensor, optional
+        (N, M) int64 noise keys (:func:`xearthformer.models.keys.make_keys`); required by
+        stochastic families, ignored by deterministic ones.
     batch_size : int, optional
-        Samples per call (default ``DEFAULT_BATCH_SIZE``).
+        Samples (or pairs) per call (default ``DEFAULT_BATCH_SIZE``).
     device : str or torch.device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
     progress : bool or None
         Show a tqdm bar over batches; None shows it only on a terminal.
+    **sampling
+        The family's sampling options (steps, sampler, guidance...); deterministic families
+        take none.
 
     Returns
     -------
     np.ndarray
-        float32 (N, T_out, H, W, C_out) on the CPU.
+        float32 (N, M, T_out, H, W, C_out) on the CPU, always 6-d.
 
     Raises
     ------
     ModelTypeError
         ``forecaster`` holds no torch module.
+    ConfigError
+        A stochastic family without ``keys``, or sampling options a family does not take.
     ShapeError
-        From the model, when ``x`` does not fit it.
+        From the network, when ``x`` does not fit it, or malformed ``keys``.
 
     Examples
     --------
     >>> net = torch.nn.Identity()                                   # doctest: +SKIP
     >>> predict_tensor(net, np.zeros((3, 2, 4, 4, 1), "f4"), batch_size=2).shape  # doctest: +SKIP
-    (3, 2, 4, 4, 1)
+    (3, 1, 2, 4, 4, 1)
     """
     import torch
-    from .progress import tqdm_class
-
-    tqdm = tqdm_class()
 
     from .device import resolve_device
+    from .progress import progress_bar
 
     module = _torch_module(forecaster)
     dev = resolve_device(device)
@@ -112,25 +156,72 @@ def predict_tensor(
     bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     if bs < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
+    if n == 0:
+        raise DataError("predict_tensor got no samples (N = 0); expected at least one input window.")
+    run = getattr(module, "predict", None)
+    if run is None:
+        if sampling:
+            raise ConfigError(f"{type(module).__name__} has no predict method and takes no sampling "
+                              f"options; got {sorted(sampling)}.")
+        run = _plain_predict(module)
+    if bool(getattr(module, "stochastic", False)):
+        if keys is None:
+            raise ConfigError(
+                f"{type(module).__name__} is stochastic: predict_tensor needs keys=(N, M) noise keys, "
+                "one per sample and member (xearthformer.models.keys.make_keys); or use "
+                "xearthformer.forecast.ensemble / forecast on labelled data.")
+        k = _keys_array(keys, n)
+        rows = np.repeat(np.arange(n), k.shape[1])
+        cols = np.tile(np.arange(k.shape[1]), n)
+        batches = [(rows[i:i + bs], cols[i:i + bs]) for i in range(0, rows.size, bs)]
+        members = k.shape[1]
+    else:
+        batches = [(np.arange(i, min(i + bs, n)), None) for i in range(0, n, bs)]
+        members = 1
     was_training = module.training
     module.eval()
     module.to(dev)
-    chunks: list[np.ndarray] = []
+    out: np.ndarray | None = None
     try:
         with torch.inference_mode():
-            starts = range(0, n, bs)
-            for start in tqdm(starts, total=len(starts), desc="forecast", unit="batch",
-                              disable=(None if progress is None else not progress)):
-                xb = x[start:start + bs]
+            for r, c in progress_bar(batches, progress=progress, total=len(batches), desc="forecast",
+                                     unit="batch"):
+                xb = _rows(x, r) if c is not None else x[int(r[0]):int(r[-1]) + 1]
                 xb = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
-                yb = module(xb.to(device=dev, dtype=torch.float32))
-                chunks.append(yb.detach().to("cpu", torch.float32).numpy())
+                xb = xb.to(device=dev, dtype=torch.float32)
+                if c is None:
+                    yb = run(xb, **sampling)
+                else:
+                    yb = run(xb, keys=torch.from_numpy(k[r, c][:, None]), **sampling)
+                yb = _checked(yb, len(r), module)
+                if out is None:
+                    out = np.empty((n, members, *yb.shape[2:]), dtype=np.float32)
+                values = yb.detach().to("cpu", torch.float32).numpy()
+                if c is None:
+                    out[r] = values
+                else:
+                    out[r, c] = values[:, 0]
     finally:
         if was_training:
             module.train()
-    if not chunks:
-        raise DataError("predict_tensor got no samples (N = 0); expected at least one input window.")
-    return np.concatenate(chunks, axis=0)
+    assert out is not None
+    return out
+
+
+def _plain_predict(module: Any) -> Any:
+    """``predict`` of a bare deterministic module: ``module(x)`` with a member axis of 1."""
+    def predict(x: Any, **_: Any) -> Any:
+        return module(x)[:, None]
+
+    return predict
+
+
+def _checked(y: Any, rows: int, module: Any) -> Any:
+    if y.dim() != 6 or y.shape[0] != rows or y.shape[1] != 1:
+        raise ShapeError(
+            f"{type(module).__name__}.predict returned shape {tuple(y.shape)} for {rows} inputs; the "
+            "family protocol says (N, M, T_out, H, W, C_out) with one member per key (M = 1 here).")
+    return y
 
 
 def _worker_threads(cores: int, nthreads: int, env: str) -> int:
@@ -166,31 +257,15 @@ def _configure_worker_threads() -> None:
 # ----------------------------------------------------------------------------------------------
 # labelled forecasts
 # ----------------------------------------------------------------------------------------------
-def check_forecaster(model: Any) -> Forecaster:
-    """Return ``model`` if it is a :class:`~xearthformer.Forecaster`, else raise a
-    :class:`~xearthformer.errors.ModelTypeError` that says how to get one."""
-    from .checkpoint import Forecaster
+@dataclass(frozen=True)
+class _Members:
+    """What to draw: which members (None for a deterministic family), with which seed, and
+    whether the result is their mean (forecast) or the members themselves (ensemble)."""
 
-    if isinstance(model, Forecaster):
-        return model
-    try:
-        import torch
-
-        is_module = isinstance(model, torch.nn.Module)
-    except ImportError:  # pragma: no cover
-        is_module = False
-    if is_module:
-        raise ModelTypeError(
-            f"got a bare torch module ({type(model).__name__}); forecasting labelled data needs "
-            "a xearthformer.Forecaster, which also knows the variables, normalisation, grid and "
-            "time step. Wrap it: xearthformer.Forecaster(model, spec) with spec from "
-            "xearthformer.layout.fit_spec(...), or load a bundle: xearthformer.load('model.xef'). "
-            "For raw tensors use xearthformer.forecast.predict_tensor(model, x)."
-        )
-    raise ModelTypeError(
-        f"expected a xearthformer.Forecaster, got {type(model).__name__}. Train one with "
-        "xearthformer.train(...) or load one with xearthformer.load('model.xef')."
-    )
+    indices: np.ndarray | None = None
+    seed: int = 0
+    mean: bool = False
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 def _n_leads(lead: int | None, forecaster: Forecaster) -> int:
@@ -205,10 +280,10 @@ def _n_leads(lead: int | None, forecaster: Forecaster) -> int:
     return int(lead)
 
 
-def _is_lazy(obj: xr.Dataset | xr.DataArray, names: Sequence[Hashable]) -> bool:
-    if isinstance(obj, xr.DataArray):
-        return obj.chunks is not None
-    return any(obj[n].chunks is not None for n in names if n in obj.data_vars)
+def _seed(seed: Any) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"seed must be an integer, got {seed!r}.")
+    return int(seed)
 
 
 def forecast(
@@ -219,9 +294,12 @@ def forecast(
     batch_size: int | None = None,
     device: Any = "auto",
     *,
+    members: int | Sequence[int] | None = None,
+    seed: int = 0,
     chunk: int | None = None,
     progress: bool | None = None,
     source: str | None = None,
+    **sampling: Any,
 ) -> xr.Dataset:
     """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
 
@@ -237,9 +315,14 @@ def forecast(
     lead : int, optional
         Number of lead steps to keep, 1 to the model's (default all).
     batch_size : int, optional
-        Samples per model call (default ``DEFAULT_BATCH_SIZE``).
+        Samples per model call (default ``DEFAULT_BATCH_SIZE``; stochastic families: (sample,
+        member) pairs).
     device : str or torch.device
         ``"auto"`` uses CUDA when available (on each Dask worker: that worker's device).
+    members, seed : optional
+        Stochastic families only: the forecast is the mean of these members (default
+        ``FORECAST_MEMBERS`` = 8; a count or member indices) drawn with ``seed`` (see
+        :func:`ensemble`). A deterministic family refuses ``members``.
     chunk : int, optional
         Lazy input only: init times per output chunk. Default: one output chunk per input
         time chunk (each task then reads its own chunk plus the context tail of the one
@@ -249,20 +332,23 @@ def forecast(
         through Dask's diagnostics (``dask.diagnostics.ProgressBar``, the dashboard).
     source : str, optional
         Global ``source`` attribute (default names xearthformer and its version).
+    **sampling
+        The family's sampling options (stochastic families).
 
     Returns
     -------
     xr.Dataset
         CF-1.8 forecast (see :func:`xearthformer.cf.to_cf`): one variable per target, dims
         ``(init_time, lead_time, ..., y, x)``, 2-D ``valid_time``; chunked over ``init_time``
-        when ``obj`` is Dask-backed, and then nothing is computed until asked.
+        when ``obj`` is Dask-backed, and then nothing is computed until asked. An ensemble
+        mean's variables carry ``cell_methods = "realization: mean"``.
 
     Raises
     ------
     ModelTypeError
         ``model`` is not a Forecaster.
     ConfigError
-        ``lead`` out of range.
+        ``lead`` out of range; ``members`` for a deterministic family.
     DataError
         From :mod:`xearthformer.layout` (missing variables, wrong grid or step, no context).
 
@@ -271,28 +357,134 @@ def forecast(
     >>> fc = forecast(sst, model, init=slice("2009", "2010"))        # doctest: +SKIP
     >>> fc = sst.chunk(time=24).earthformer.forecast(model)         # lazy  # doctest: +SKIP
     """
-    from . import layout
-
     fc = check_forecaster(model)
+    if is_stochastic(fc):
+        plan = _Members(member_indices(FORECAST_MEMBERS if members is None else members), _seed(seed),
+                        mean=True, sampling=sampling)
+    else:
+        if members is not None:
+            raise ConfigError(f"members={members!r}: {type(fc.model).__name__} is deterministic (one "
+                              "forecast per input); drop members.")
+        plan = _Members(sampling=sampling)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan)
+    history = f"forecast with xearthformer.forecast (lead {n_lead} steps of {fc.spec.step})"
+    if plan.mean:
+        for name in out.data_vars:
+            out[name].attrs["cell_methods"] = ENSEMBLE_MEAN
+        history = (f"forecast with xearthformer.forecast: mean of {plan.indices.size} members "
+                   f"(seed {plan.seed}), lead {n_lead} steps of {fc.spec.step}")
+    return cf.to_cf(out, source=source, like=obj, history=history)
+
+
+def ensemble(
+    obj: xr.Dataset | xr.DataArray,
+    model: Forecaster,
+    members: int | Sequence[int] = ENSEMBLE_MEMBERS,
+    seed: int = 0,
+    init: Any = None,
+    lead: int | None = None,
+    batch_size: int | None = None,
+    device: Any = "auto",
+    *,
+    chunk: int | None = None,
+    progress: bool | None = None,
+    source: str | None = None,
+    **sampling: Any,
+) -> xr.Dataset:
+    """An ensemble forecast from labelled data (stochastic families); lazy on Dask input.
+
+    Member ``m`` of the sample at init time ``t`` (and position ``s`` along the input's extra
+    dims) draws all its noise from the key of ``(seed, t, s, m)``
+    (:func:`xearthformer.models.keys.make_keys`): it is the same whatever the batch size, the
+    chunking, or the other members asked for, so ``members=[7]`` regenerates member 7 alone.
+
+    Parameters
+    ----------
+    obj : xr.Dataset or xr.DataArray
+        As for :func:`forecast`; it must not have a ``member`` dim of its own.
+    model : Forecaster
+        A bundle of a stochastic family.
+    members : int or sequence of int
+        A count (members 0..members-1, default ``ENSEMBLE_MEMBERS`` = 16) or member indices.
+    seed : int
+        Seed of the ensemble: other seeds give other, independent members.
+    init, lead, batch_size, device, chunk, progress, source, **sampling
+        As for :func:`forecast`.
+
+    Returns
+    -------
+    xr.Dataset
+        CF-1.8 forecast with a ``member`` dim (int coordinate of the member indices,
+        standard_name ``realization``) after ``lead_time``.
+
+    Raises
+    ------
+    ModelTypeError
+        ``model`` is not a Forecaster, or its family is deterministic (use :func:`forecast`).
+    DataError
+        ``obj`` already has a ``member`` dim.
+    ConfigError
+        Bad ``members``/``seed``/``lead``.
+
+    Examples
+    --------
+    >>> ens = ensemble(radar, model, members=16, seed=0)              # doctest: +SKIP
+    >>> again = ensemble(radar, model, members=[7])                   # doctest: +SKIP
+    >>> bool((ens.sel(member=[7]) == again).all())                    # doctest: +SKIP
+    True
+    """
+    fc = check_forecaster(model)
+    if not is_stochastic(fc):
+        raise ModelTypeError(
+            f"{type(fc.model).__name__} is deterministic: it has one forecast per input, not an "
+            "ensemble. Use xearthformer.forecast.forecast (ds.earthformer.forecast) instead.")
+    if "member" in obj.dims:
+        raise DataError(
+            "the input already has a 'member' dim, which the ensemble's own member dim would "
+            "collide with. Fix: rename it first, e.g. ds.rename(member=\"input_member\"); each "
+            "input member is then forecast as its own sample.")
+    plan = _Members(member_indices(members), _seed(seed), mean=False, sampling=sampling)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan)
+    history = (f"ensemble of {plan.indices.size} members (seed {plan.seed}) with "
+               f"xearthformer.forecast.ensemble (lead {n_lead} steps of {fc.spec.step})")
+    return cf.to_cf(out, source=source, like=obj, history=history)
+
+
+def _labelled(obj: xr.Dataset | xr.DataArray, fc: Forecaster, init: Any, lead: int | None,
+              batch_size: int | None, device: Any, chunk: int | None, progress: bool | None,
+              plan: _Members) -> tuple[xr.Dataset, int]:
+    """The decoded (not yet CF-encoded) forecast, eager or lazy, and its number of leads."""
     n_lead = _n_leads(lead, fc)
     inits = layout.init_times(obj, fc.spec, init)
     if len(inits) == 0:
         raise DataError(f"no init time selected by init={init!r}; expected at least one.")
-    if _is_lazy(obj, fc.spec.variables):
-        out = _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk)
-    else:
-        x = layout.encode_inputs(obj, fc.spec, inits)
-        y = predict_tensor(fc, x, batch_size=batch_size, device=device, progress=progress)
-        out = layout.decode(y[:, :n_lead], fc.spec, inits, lead=n_lead, like=obj)
-    return cf.to_cf(out, source=source, like=obj,
-                    history=f"forecast with xearthformer.forecast (lead {n_lead} steps of {fc.spec.step})")
+    if layout.is_lazy(obj, names=fc.spec.variables):
+        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan), n_lead
+    return _predict_decode(obj, fc, inits, n_lead, batch_size, device, progress, plan), n_lead
+
+
+def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
+                    batch_size: int | None, device: Any, progress: bool | None,
+                    plan: _Members) -> xr.Dataset:
+    """Encode the windows of ``inits``, run the network, decode: one eager forecast or one
+    Dask task's share of a lazy one."""
+    x = layout.encode_inputs(data, fc.spec, inits)
+    keys = None
+    if plan.indices is not None:
+        per_init = x.shape[0] // len(inits)  # samples along the input's extra dims
+        keys = make_keys(plan.seed, np.repeat(inits, per_init), np.tile(np.arange(per_init), len(inits)),
+                         plan.indices)
+    y = predict_tensor(fc, x, keys=keys, batch_size=batch_size, device=device, progress=progress,
+                       **plan.sampling)[:, :, :n_lead]
+    if plan.mean:
+        y = y.mean(axis=1, keepdims=True)
+    members = None if plan.mean or plan.indices is None else plan.indices
+    return layout.decode(y, fc.spec, inits, lead=n_lead, like=data, members=members)
 
 
 # -- the lazy path -----------------------------------------------------------------------------
 def find_time_dim(obj: xr.Dataset | xr.DataArray) -> str:
     """Name of ``obj``'s time dimension (found with :func:`xearthformer.layout.find_axes`)."""
-    from . import layout
-
     name = layout.find_axes(obj).time
     if name is None:  # pragma: no cover - init_times already required a time axis
         raise DataError(f"no time axis found among dims {list(obj.dims)}.")
@@ -342,25 +534,19 @@ def _join_lazy(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
 
 def _predict_chunk(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
                    layout_of: dict[Hashable, Any], forecaster: Forecaster, inits: np.ndarray,
-                   n_lead: int, batch_size: int | None, device: Any,
+                   n_lead: int, batch_size: int | None, device: Any, plan: _Members,
                    dims: dict[Hashable, tuple[Hashable, ...]]) -> dict[Hashable, np.ndarray]:
     """One Dask task: the context windows of ``inits`` (already loaded) -> decoded values."""
-    from . import layout
-
     _configure_worker_threads()
     data = _join_lazy(skeleton, arrays, layout_of)
-    x = layout.encode_inputs(data, forecaster.spec, inits)
-    y = predict_tensor(forecaster, x, batch_size=batch_size, device=device)
-    out = layout.decode(y[:, :n_lead], forecaster.spec, inits, lead=n_lead, like=data)
+    out = _predict_decode(data, forecaster, inits, n_lead, batch_size, device, False, plan)
     return {name: np.asarray(out[name].transpose(*d).values) for name, d in dims.items()}
 
 
 def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
-                   batch_size: int | None, device: Any, chunk: int | None) -> xr.Dataset:
+                   batch_size: int | None, device: Any, chunk: int | None, plan: _Members) -> xr.Dataset:
     import dask
     import dask.array as da
-
-    from . import layout
 
     spec = fc.spec
     if isinstance(obj, xr.DataArray):
@@ -370,8 +556,10 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
     data = obj[spec.variables]
     # structure (names, dims, coords, attrs) from one init decoded from zeros
     n_samples = int(np.prod([v.size for v in layout.sample_dims(data, spec).values()] or [1]))
-    zeros = np.zeros((n_samples, n_lead, *spec.grid.shape, spec.n_targets), np.float32)
-    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data)
+    members = None if plan.mean or plan.indices is None else plan.indices
+    m_axis = () if members is None else (members.size,)
+    zeros = np.zeros((n_samples, *m_axis, n_lead, *spec.grid.shape, spec.n_targets), np.float32)
+    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data, members=members)
     dims = {name: template[name].dims for name in template.data_vars}
 
     token = uuid.uuid4().hex
@@ -384,7 +572,7 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
         skeleton, arrays = _split_lazy(window)
         layout_of = {n: (window[n].dims, dict(window[n].attrs), n in window.coords) for n in arrays}
         task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
-                                            batch_size, device, dims,
+                                            batch_size, device, plan, dims,
                                             dask_key_name=f"xearthformer-forecast-{token}-{i}")
         for name, d in dims.items():
             shape = tuple(len(group) if dim == "init_time" else template.sizes[dim] for dim in d)

@@ -1,11 +1,14 @@
-"""Official pretrained Earthformer weights: download on request, convert, return a Forecaster.
+"""Official pretrained weights: download on request, convert, return a Forecaster; ``xearthformer convert``.
 
 This is the only module of xearthformer that touches the network, and only when a user calls
-:func:`pretrained` (or :func:`fetch`). Files go to a cache folder (``XEARTHFORMER_CACHE``, else
-``$XDG_CACHE_HOME/xearthformer``, else ``~/.cache/xearthformer``). Downloads resume: bytes
-arrive in ``<name>.part`` and an interrupted download continues with an HTTP Range request.
-Once a file's SHA-256 is recorded in :data:`REGISTRY` it is checked; until then the computed
-hash is reported in the Forecaster's metadata so it can be recorded.
+:func:`pretrained` (or :func:`fetch`). An entry of :data:`REGISTRY` may hold several files
+(``{part: (url, filename, sha256)}``: PreDiff's VAE, denoiser and alignment network are
+three); the entry's family (:mod:`xearthformer.models.registry`) turns the files into a
+Forecaster with its ``official_loader``. Files go to a cache folder (``XEARTHFORMER_CACHE``,
+else ``$XDG_CACHE_HOME/xearthformer``, else ``~/.cache/xearthformer``). Downloads resume:
+bytes arrive in ``<name>.part`` and an interrupted download continues with an HTTP Range
+request. Once a file's SHA-256 is recorded in :data:`REGISTRY` it is checked; until then the
+computed hash is reported in the Forecaster's metadata so it can be recorded.
 
 Offline? Put the file (same name) in the cache folder by hand; the error message says where.
 
@@ -16,52 +19,68 @@ Offline? Put the file (same name) in the cache folder by hand; the error message
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.client
 import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, DownloadError
+from .models import registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.base import Forecaster
 
 
 @dataclass(frozen=True)
 class Pretrained:
-    """One downloadable official checkpoint.
+    """One downloadable set of official checkpoint files.
 
     Attributes
     ----------
-    url : str
-        Where the official README publishes it.
-    sha256 : str or None
-        Expected SHA-256 of the file; None until recorded (then it is not checked).
+    files : mapping
+        ``{part: (url, filename, sha256)}``: where the official README publishes each file,
+        its name in the cache, and its expected SHA-256 (None until recorded; then it is not
+        checked). Earthformer has one part, ``"weights"``.
     preset : str
-        Official preset it loads into (``xearthformer.official.load_official(preset=...)``).
+        Official preset the files load into (passed to the family's official loader).
     description : str
         One line for listings and errors.
+    family : str
+        The model family (:mod:`xearthformer.models.registry`) whose official loader reads
+        the files.
     """
 
-    url: str
-    sha256: str | None
+    files: Mapping[str, tuple[str, str, str | None]]
     preset: str
     description: str
+    family: str = "earthformer"
 
     @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+    def urls(self) -> dict[str, str]:
+        """``{part: url}``."""
+        return {part: url for part, (url, _, _) in self.files.items()}
+
+
+def one_file(url: str, sha256: str | None, preset: str, description: str,
+             family: str = "earthformer", part: str = "weights") -> Pretrained:
+    """An entry of a single file, named in the cache as the URL's last path component."""
+    return Pretrained({part: (url, url.rsplit("/", 1)[-1], sha256)}, preset, description, family)
 
 
 _BASE = "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/"
-#: name -> checkpoint; URLs from the official README (amazon-science/earth-forecasting-transformer).
+#: name -> checkpoint files; URLs from the official README (amazon-science/earth-forecasting-transformer).
 REGISTRY: dict[str, Pretrained] = {
-    "earthformer-sevir": Pretrained(
+    "earthformer-sevir": one_file(
         _BASE + "earthformer_sevir.pt", None, "sevir",
         "SEVIR VIL nowcasting: 13 frames of VIL/255 (384x384, 5 min) -> next 12 frames"),
-    "earthformer-enso": Pretrained(
+    "earthformer-enso": one_file(
         _BASE + "earthformer_icarenso2021.pt", None, "enso",
         "ICAR-ENSO: 12 months of min-max-scaled SST anomaly (24x48, lon 95-330) -> next 14 months"),
 }
@@ -151,9 +170,7 @@ def download(
     >>> download("https://example.org/w.pt", "/tmp/w.pt")        # doctest: +SKIP
     PosixPath('/tmp/w.pt')
     """
-    from .progress import tqdm_class
-
-    tqdm = tqdm_class()
+    from .progress import progress_bar
 
     dest = Path(dest).expanduser()
     part = dest.with_name(dest.name + ".part")
@@ -189,9 +206,9 @@ def download(
         total = offset + int(length) if length is not None else None
         done = offset
         try:
-            with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name,
-                disable=None if progress is None else not progress,
+            with open(part, "ab" if resumed else "wb") as f, progress_bar(
+                total=total, progress=progress, initial=offset, unit="B", unit_scale=True,
+                desc=dest.name,
             ) as bar:
                 while True:
                     block = response.read(_CHUNK)
@@ -225,8 +242,9 @@ def _entry(name: str) -> Pretrained:
     return REGISTRY[name]
 
 
-def fetch(name: str, cache: str | os.PathLike | None = None, progress: bool | None = None) -> Path:
-    """Path of the official checkpoint ``name`` in the cache, downloading it if missing.
+def fetch(name: str, cache: str | os.PathLike | None = None, progress: bool | None = None,
+          part: str | None = None) -> Path:
+    """Path of a file of the official checkpoint ``name`` in the cache, downloading it if missing.
 
     Parameters
     ----------
@@ -236,6 +254,8 @@ def fetch(name: str, cache: str | os.PathLike | None = None, progress: bool | No
         Folder to use instead of :func:`cache_dir`.
     progress
         Progress bar (None: only on a terminal).
+    part
+        Which file of the entry; may be omitted when it has only one.
 
     Examples
     --------
@@ -243,23 +263,33 @@ def fetch(name: str, cache: str | os.PathLike | None = None, progress: bool | No
     PosixPath('/home/me/.cache/xearthformer/earthformer_icarenso2021.pt')
     """
     entry = _entry(name)
-    dest = (cache_dir() if cache is None else Path(cache).expanduser()) / entry.filename
+    if part is None:
+        if len(entry.files) != 1:
+            raise ConfigError(f"{name} has several files {sorted(entry.files)}; pass part=... "
+                              "(or use pretrained(), which fetches them all).")
+        part = next(iter(entry.files))
+    if part not in entry.files:
+        raise ConfigError(f"{name} has no file {part!r}; its parts are {sorted(entry.files)}.")
+    url, filename, sha256 = entry.files[part]
+    dest = (cache_dir() if cache is None else Path(cache).expanduser()) / filename
     if dest.exists():
-        if entry.sha256 is not None and file_sha256(dest) != entry.sha256.lower():
+        if sha256 is not None and file_sha256(dest) != sha256.lower():
             raise DownloadError(
-                f"{dest} has SHA-256 {file_sha256(dest)}, expected {entry.sha256}; delete it to "
-                f"download it again, or replace it with a good copy of {entry.url}"
+                f"{dest} has SHA-256 {file_sha256(dest)}, expected {sha256}; delete it to "
+                f"download it again, or replace it with a good copy of {url}"
             )
         return dest
-    return download(entry.url, dest, sha256=entry.sha256, progress=progress)
+    return download(url, dest, sha256=sha256, progress=progress)
 
 
-def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool | None = None) -> Any:
-    """The official pretrained Earthformer ``name`` as a ready :class:`~xearthformer.Forecaster`.
+def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool | None = None
+               ) -> Forecaster:
+    """The official pretrained model ``name`` as a ready :class:`~xearthformer.Forecaster`.
 
-    Downloads the checkpoint on first use (see :func:`fetch`), converts it with
-    :func:`xearthformer.official.load_official`, and attaches the official data layout
-    (variables, scaling, grid, context and lead) from ``official_spec(preset)``.
+    Downloads the checkpoint files on first use (see :func:`fetch`) and converts them with
+    the official loader of the entry's family (Earthformer:
+    :func:`xearthformer.models.earthformer.official.official_forecaster`, which attaches the
+    official data layout: variables, scaling, grid, context and lead).
 
     Parameters
     ----------
@@ -271,7 +301,8 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     Returns
     -------
     xearthformer.Forecaster
-        In eval mode on the CPU; ``metadata`` records the source URL and the file's SHA-256.
+        In eval mode on the CPU; ``metadata`` records the source URL and the file's SHA-256
+        (for an entry of several files: ``{part: ...}`` of each).
 
     Examples
     --------
@@ -280,13 +311,67 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     >>> enso.context, enso.lead                                # doctest: +SKIP
     (12, 14)
     """
-    from .checkpoint import Forecaster
-    from .official import load_official, official_spec
-
     entry = _entry(name)
-    path = fetch(name, cache=cache, progress=progress)
-    model = load_official(path, preset=entry.preset)
-    model.eval()
-    metadata = {"pretrained": name, "source": entry.url, "sha256": file_sha256(path),
-                "description": entry.description}
-    return Forecaster(model, official_spec(entry.preset), metadata=metadata)
+    paths = {part: fetch(name, cache=cache, progress=progress, part=part) for part in entry.files}
+    forecaster = load_official_files(entry.family, paths, entry.preset)
+    forecaster.model.eval()
+    hashes = {part: file_sha256(path) for part, path in paths.items()}
+    single = len(paths) == 1
+    forecaster.metadata.update({
+        "pretrained": name, "description": entry.description,
+        "source": next(iter(entry.urls.values())) if single else entry.urls,
+        "sha256": next(iter(hashes.values())) if single else hashes})
+    return forecaster
+
+
+def load_official_files(family: str, files: Mapping[str, str | os.PathLike[str]], preset: str) -> Forecaster:
+    """``files`` (part -> path) of an official checkpoint as a Forecaster, by ``family``'s
+    official loader (:mod:`xearthformer.models.registry`)."""
+    row = registry.family(family)
+    if row.official_loader is None:
+        with_loader = sorted(n for n, f in registry.families().items() if f.official_loader)
+        raise ConfigError(f"the {family} family has no official checkpoints to load; families "
+                          f"with official weights: {with_loader}.")
+    return registry.resolve(row.official_loader)(files, preset)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line: xearthformer convert
+# ----------------------------------------------------------------------------------------------
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xearthformer convert``."""
+    parser.add_argument("source", nargs="+",
+                        help="the official checkpoint file (.pt state_dict); for families with "
+                             "several files: PART=PATH for each")
+    parser.add_argument("output", help="bundle to write (.xef)")
+    parser.add_argument("--preset", required=True,
+                        help="which official model the checkpoint is (Earthformer: sevir or enso)")
+    parser.add_argument("--family", default="earthformer",
+                        help="model family of the checkpoint (default: earthformer)")
+
+
+def _source_files(sources: list[str]) -> dict[str, str]:
+    """``["model.pt"]`` -> ``{"weights": "model.pt"}``; ``["vae=a.pt", ...]`` -> by part."""
+    if len(sources) == 1 and "=" not in sources[0]:
+        return {"weights": sources[0]}
+    files = dict(item.split("=", 1) for item in sources if "=" in item)
+    if len(files) != len(sources):
+        raise ConfigError(f"several checkpoint files are given as PART=PATH; got {sources}.")
+    return files
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert an official checkpoint into a ``.xef`` bundle; returns the exit code."""
+    from .checkpoint import save
+
+    files = _source_files(args.source)
+    forecaster = load_official_files(args.family, files, args.preset)
+    forecaster.metadata.update({
+        "source": f"official {args.family} checkpoint",
+        "converted_from": {part: os.path.basename(os.fspath(path)) for part, path in files.items()}
+        if len(files) > 1 else os.path.basename(os.fspath(next(iter(files.values())))),
+        "preset": args.preset})
+    save(forecaster, args.output)
+    n = sum(p.numel() for p in forecaster.model.parameters())
+    print(f"wrote {args.output}: official {args.preset} {args.family}, {n:,} parameters")
+    return 0

@@ -33,6 +33,10 @@ import xarray as xr
 
 from ..errors import DataError
 
+#: SEVIR VIL event thresholds on the 0-255 pixel scale (Earthformer's CSI protocol: an event
+#: is ``value >= threshold``); the metrics, evaluation and the storms demo all use these
+SEVIR_THRESHOLDS: tuple[int, ...] = (16, 74, 133, 160, 181, 219)
+
 # official split boundaries; (start, end] with None = open
 SPLITS: dict[str, tuple[str | None, str | None]] = {
     "train": (None, "2019-01-01"),

@@ -20,9 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import ConfigError
-
-#: SEVIR VIL thresholds on the 0-255 scale (Earthformer's CSI protocol).
-SEVIR_THRESHOLDS: tuple[int, ...] = (16, 74, 133, 160, 181, 219)
+from .sevir import SEVIR_THRESHOLDS  # noqa: F401  (the storms are scored at these)
 
 
 def _cell_table(rng: np.random.Generator, n_times: int, ny: int, nx: int,

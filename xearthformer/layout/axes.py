@@ -192,6 +192,24 @@ def find_axes(obj: XArray, require_time: bool = True) -> Axes:
                 grid_mapping=_grid_mapping_name(obj))
 
 
+def find_coord(obj: XArray, kind: str) -> str | None:
+    """Name of the ``kind`` (``"latitude"``, ``"longitude"`` or ``"time"``) coordinate or dim of
+    ``obj``, by the same rules as :func:`find_axes` (CF attributes first, then
+    :data:`COMMON_NAMES`), of any dimensionality; None when there is none. For code that needs
+    one axis and must not fail without the others (the metrics on forecasts, indices...).
+
+    >>> find_coord(xr.Dataset(coords={"nav_lat": [0.0, 1.0]}), "latitude")
+    'nav_lat'
+    """
+    if kind not in ("latitude", "longitude", "time"):
+        raise ValueError(f"kind must be 'latitude', 'longitude' or 'time', got {kind!r}")
+    for table in _CFLookup(obj).tables():
+        for name in table.get(kind, []) + (table.get("T", []) if kind == "time" else []):
+            if name in obj.coords or name in obj.dims:
+                return name
+    return None
+
+
 def _grid_mapping_name(obj: XArray) -> str | None:
     """The CF grid-mapping variable: named by a ``grid_mapping`` attribute, or any variable
     carrying ``grid_mapping_name``."""

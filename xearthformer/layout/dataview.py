@@ -9,7 +9,8 @@ the time values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -29,6 +30,23 @@ def as_dataset(obj: XArray, spec: DataSpec | None = None) -> xr.Dataset:
     if spec is not None and len(spec.variables) == 1 and name not in spec.variables:
         name = spec.variables[0]
     return obj.to_dataset(name="data" if name is None else name)
+
+
+def is_lazy(*objs: Any, names: Sequence[Hashable] | None = None) -> bool:
+    """True when a data variable of any of ``objs`` (only ``names``, when given) is backed by
+    a Dask array (Zarr, ``open_mfdataset``, ``.chunk()``): the one test of laziness that
+    forecasting, training and the metrics use.
+
+    >>> is_lazy(xr.DataArray([1.0]).chunk()), is_lazy(xr.Dataset({"a": ("x", [1.0])}))
+    (True, False)
+    """
+    for obj in objs:
+        if isinstance(obj, xr.DataArray) and obj.chunks is not None:
+            return True
+        if isinstance(obj, xr.Dataset) and any(
+                v.chunks is not None for n, v in obj.data_vars.items() if names is None or n in names):
+            return True
+    return False
 
 
 def time_values(ds: xr.Dataset, ax: Axes) -> np.ndarray:

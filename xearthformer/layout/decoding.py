@@ -28,20 +28,27 @@ def _to_numpy(y: Any) -> np.ndarray:
     return np.asarray(y, dtype=np.float32)
 
 
+#: the ensemble member coordinate's attributes (CF: standard_name ``realization``)
+MEMBER_ATTRS: dict[str, str] = {"standard_name": "realization", "long_name": "ensemble member",
+                                "units": "1"}
+
+
 def decode(
     y: Any,
     spec: DataSpec,
     init_times: Any,
     lead: int | Sequence[int] | None = None,
     like: XArray | None = None,
+    members: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Model output -> labelled forecast dataset.
 
     Parameters
     ----------
     y : array-like
-        (N, L, H, W, C_out) normalised model output (np.ndarray or torch tensor);
-        N = n_init * prod(extra sizes) as produced by :func:`encode_inputs`.
+        (N, L, H, W, C_out) or (N, M, L, H, W, C_out) normalised model output (np.ndarray or
+        torch tensor); N = n_init * prod(extra sizes) as produced by :func:`encode_inputs`, M
+        ensemble members.
     spec : DataSpec
     init_times : array-like
         The n_init init times used to encode.
@@ -50,11 +57,15 @@ def decode(
     like : xr.Dataset or xr.DataArray, optional
         The input data: the output then uses its grid orientation, longitude convention,
         coordinate names/values and extra (sample) dims. Default: the spec's grid.
+    members : sequence of int, optional
+        The member indices of a 6-d ``y``'s M axis: the output then has a ``member`` dim (an
+        int coordinate with these values, attrs :data:`MEMBER_ATTRS`). Without it a 6-d ``y``
+        must have M = 1, which is dropped.
 
     Returns
     -------
     xr.Dataset
-        One variable per target, dims ``(init_time, lead_time, *extra, [level], y, x)``,
+        One variable per target, dims ``(init_time, lead_time, [member], *extra, [level], y, x)``,
         coords ``lead_time`` (timedelta or int + units), 2-D ``valid_time``, the grid's
         lat/lon (2-D on projected grids) and grid mapping; variable attrs from the spec;
         NaN where :attr:`DataSpec.land_mask` says.
@@ -62,46 +73,62 @@ def decode(
     Raises
     ------
     ShapeError
-        ``y`` does not have the shape the spec, init times and extra dims imply.
+        ``y`` does not have the shape the spec, init times, extra dims and members imply.
 
     Examples
     --------
     >>> fc = decode(model(torch.from_numpy(x)), spec, inits, like=sst)  # doctest: +SKIP
+    >>> ens = decode(y6, spec, inits, like=sst, members=[0, 1, 2])     # doctest: +SKIP
     """
     values = _to_numpy(y)
+    member_values = _member_axis(values, members)
+    if member_values is None and values.ndim == 6:
+        values = values[:, 0]
     init = np.atleast_1d(np.asarray(init_times))
     h, w = spec.grid.shape
     extra: dict[str, xr.DataArray] = sample_dims(like, spec) if like is not None else {}
     e_sizes = tuple(int(c.size) for c in extra.values())
     n_expected = init.size * int(np.prod(e_sizes, dtype=np.int64))
-    if values.ndim != 5 or values.shape[0] != n_expected or values.shape[2:] != (h, w, spec.n_targets):
+    m_shape = () if member_values is None else (member_values.size,)
+    body = values.shape[1 + len(m_shape):]
+    if values.shape[0] != n_expected or values.shape[1:1 + len(m_shape)] != m_shape or len(body) != 4 \
+            or body[1:] != (h, w, spec.n_targets):
         sizes = dict(zip(extra, e_sizes, strict=True))
+        want = ", ".join(map(str, (n_expected, *m_shape, "L", h, w, spec.n_targets)))
         raise ShapeError(
-            f"model output has shape {values.shape}; expected ({n_expected}, L, {h}, {w}, "
-            f"{spec.n_targets}) for {init.size} init times x extra dims {sizes} "
+            f"model output has shape {values.shape}; expected ({want}) for {init.size} init times x "
+            f"extra dims {sizes}{f' x {m_shape[0]} members' if m_shape else ''} "
             f"on the model grid with channels {[c.name for c in spec.targets]}."
         )
-    n_lead = values.shape[1]
+    n_lead = body[0]
     steps = lead_steps(n_lead if lead is None else lead)
     if steps.size != n_lead:
         raise ShapeError(f"got {steps.size} lead steps for an output with {n_lead} leads.")
     coords = time_coords(init, spec.step, steps)
-    # (n_init, *E, L, H, W, C) -> (n_init, L, *E, H, W, C)
-    values = values.reshape((init.size, *e_sizes, n_lead, h, w, spec.n_targets))
-    n_e = len(e_sizes)
-    values = values.transpose((0, 1 + n_e, *range(1, 1 + n_e), *range(2 + n_e, values.ndim)))
+    # (n_init, *E, [M], L, H, W, C) -> (n_init, L, [M], *E, H, W, C)
+    values = values.reshape((init.size, *e_sizes, *m_shape, n_lead, h, w, spec.n_targets))
+    n_e, n_m = len(e_sizes), len(m_shape)
+    lead_axis = 1 + n_e + n_m
+    values = values.transpose((0, lead_axis, *range(1 + n_e, lead_axis), *range(1, 1 + n_e),
+                               *range(lead_axis + 1, values.ndim)))
+    n_mid = n_m + n_e  # axes between lead and the grid
     months = time_parts(coords["valid_time"].values.ravel())["month"].reshape(init.size, n_lead)
     fields = {}
     for k, ch in enumerate(spec.targets):
-        x = values[..., k].astype(np.float64) * ch.scale + ch.offset
+        clim = None
         if ch.method == "anomaly":
             clim = spec.climatology[ch.name][months - 1]  # (n_init, L, H, W)
-            x = x + clim.reshape(clim.shape[:2] + (1,) * n_e + clim.shape[2:])
+            clim = clim.reshape(clim.shape[:2] + (1,) * n_mid + clim.shape[2:])
+        x = ch.denormalise(values[..., k], clim)
         if ch.name in spec.land_mask:
             x = np.where(spec.land_mask[ch.name], np.float32(np.nan), x)
         fields[ch.name] = x.astype(np.float32)
     grid_coords, y_dim, x_dim, order_y, order_x, gm = _output_grid(spec, like)
-    dims = ("init_time", "lead_time", *extra, y_dim, x_dim)
+    member_dims: tuple[str, ...] = ()
+    if member_values is not None:
+        member_dims = ("member",)
+        coords["member"] = xr.DataArray(member_values, dims="member", attrs=dict(MEMBER_ATTRS))
+    dims = ("init_time", "lead_time", *member_dims, *extra, y_dim, x_dim)
     out = xr.Dataset(coords={**coords, **extra, **grid_coords})
     for var in dict.fromkeys(c.variable for c in spec.targets):
         chans = [c for c in spec.targets if c.variable == var]
@@ -118,6 +145,25 @@ def decode(
             out = out.assign_coords({vdim: xr.DataArray([c.level for c in chans], dims=vdim,
                                                         attrs=dict(spec.vertical_attrs))})
     return out
+
+
+def _member_axis(values: np.ndarray, members: Sequence[int] | None) -> np.ndarray | None:
+    """The member indices labelling axis 1 of a 6-d output (None: no member dim)."""
+    if values.ndim not in (5, 6):
+        raise ShapeError(f"model output must be 5-d (N, L, H, W, C) or 6-d (N, M, L, H, W, C); "
+                         f"got shape {values.shape}.")
+    if members is None:
+        if values.ndim == 6 and values.shape[1] != 1:
+            raise ShapeError(f"model output has {values.shape[1]} members (shape {values.shape}); "
+                             "pass members=[...] to label them, or average them first.")
+        return None
+    if values.ndim != 6:
+        raise ShapeError(f"members were given but the model output is 5-d {values.shape}; expected "
+                         "(N, M, L, H, W, C).")
+    indices = np.asarray(members, dtype=np.int64).reshape(-1)
+    if indices.size != values.shape[1]:
+        raise ShapeError(f"{indices.size} member indices for an output with {values.shape[1]} members.")
+    return indices
 
 
 def _output_grid(spec: DataSpec, like: XArray | None

@@ -63,12 +63,11 @@ def sample_dims(obj: XArray, spec: DataSpec) -> dict[str, xr.DataArray]:
 
 def _normalise(values: np.ndarray, ch: Channel, spec: DataSpec, months: np.ndarray) -> np.ndarray:
     """(T, *E, H, W) raw -> normalised; ``months`` (T,) are the steps' calendar months."""
-    # float64 arithmetic: raw values (~290 K) minus a climatology lose digits in float32
-    x = values.astype(np.float64)
+    clim = None
     if ch.method == "anomaly":
         clim = spec.climatology[ch.name][months - 1]  # (T, H, W)
-        x = x - clim.reshape(clim.shape[:1] + (1,) * (x.ndim - 3) + clim.shape[1:])
-    return ((x - ch.offset) / ch.scale).astype(np.float32)
+        clim = clim.reshape(clim.shape[:1] + (1,) * (values.ndim - 3) + clim.shape[1:])
+    return ch.normalise(values, clim)
 
 
 def _calendar_features(times: np.ndarray, features: Sequence[str]) -> np.ndarray:

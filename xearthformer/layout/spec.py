@@ -62,6 +62,39 @@ class Channel:
         """Unique channel name: ``variable`` or ``variable[level]``."""
         return self.variable if self.level is None else f"{self.variable}[{self.level}]"
 
+    def normalise(self, values: Any, climatology: Any = None, dtype: Any = np.float64) -> np.ndarray:
+        """Raw values -> normalised float32: ``(x - climatology - offset) / scale``.
+
+        ``climatology`` (broadcastable to ``values``) is needed for, and only used by,
+        ``method="anomaly"``. The arithmetic runs in ``dtype``: float64 by default, because raw
+        values (~290 K) minus a climatology lose digits in float32; the papers' evaluation
+        protocols scale in float32 (``dtype=np.float32``), as the official code does.
+
+        >>> float(Channel("vil", method="scale", scale=255.0).normalise(np.float32(51.0)))
+        0.2
+        """
+        x = np.asarray(values).astype(dtype)
+        if self.method == "anomaly":
+            x = x - self._climatology(climatology).astype(dtype)
+        return ((x - dtype(self.offset)) / dtype(self.scale)).astype(np.float32)
+
+    def denormalise(self, values: Any, climatology: Any = None, dtype: Any = np.float64) -> np.ndarray:
+        """Inverse of :meth:`normalise`, in ``dtype`` (callers cast once, after any masking).
+
+        >>> float(Channel("vil", method="scale", scale=255.0).denormalise(np.float32(0.2)))
+        51.0000007636845
+        """
+        x = np.asarray(values).astype(dtype) * dtype(self.scale) + dtype(self.offset)
+        if self.method == "anomaly":
+            x = x + self._climatology(climatology).astype(dtype)
+        return x
+
+    def _climatology(self, climatology: Any) -> np.ndarray:
+        if climatology is None:
+            raise ConfigError(f"channel {self.name!r} is normalised as an anomaly; its climatology "
+                              "(DataSpec.climatology) is needed to convert it.")
+        return np.asarray(climatology)
+
 
 def _same(a: Any, b: Any) -> bool:
     """Equality for values that may be numpy arrays or dicts of them."""
@@ -380,8 +413,19 @@ def _channel_from_dict(d: Mapping[str, Any]) -> Channel:
                    attrs=dict(d.get("attrs", {})))
 
 
+def coslat(lat: Any) -> Any:
+    """Cell-area weights of latitudes in degrees: cos(latitude), clipped at 0 (a value just
+    beyond a pole must not weigh negatively). Works on numpy and xarray alike: the one
+    definition of area weights for losses (:func:`area_weights`) and scores (``metrics``).
+
+    >>> coslat(np.array([0.0, 60.0, 90.0])).round(3).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    return np.clip(np.cos(np.deg2rad(lat * 1.0)), 0.0, None)
+
+
 def area_weights(spec: DataSpec) -> np.ndarray:
-    """(H, W) float32 cell weights, cos(latitude) normalised to mean 1 (ones on projected
+    """(H, W) float32 cell weights, :func:`coslat` normalised to mean 1 (ones on projected
     grids, whose cells are near-equal in area), for latitude-weighted losses and scores.
 
     Examples
@@ -392,8 +436,7 @@ def area_weights(spec: DataSpec) -> np.ndarray:
     h, w = spec.grid.shape
     if spec.grid.projected:
         return np.ones((h, w), dtype=np.float32)
-    weights = np.cos(np.deg2rad(np.asarray(spec.grid.y_values, dtype=np.float64)))
-    weights = np.clip(weights, 0.0, None)
+    weights = coslat(np.asarray(spec.grid.y_values, dtype=np.float64))
     weights = np.broadcast_to(weights[:, None], (h, w))
     return (weights / weights.mean()).astype(np.float32)
 

@@ -88,8 +88,34 @@ def _diffs_ns(times: np.ndarray) -> np.ndarray:
     return np.asarray(pd.to_timedelta(d)).astype("m8[ns]").astype(np.int64)
 
 
-def format_time(t: Any) -> str:
-    return str(np.datetime_as_string(t, unit="s")) if isinstance(t, np.datetime64) else str(t)
+def format_time(t: Any, compact: bool = False) -> str:
+    """One time as ISO 8601 text, the same for numpy datetimes, pandas Timestamps, Python
+    datetimes and cftime dates of any calendar: ``YYYY-MM-DDTHH:MM:SS``, with ``.ffffff``
+    only when the microseconds are not zero. ``compact`` drops the separators
+    (``YYYYMMDDTHHMMSS``, for file names). Anything that is not a time is written with ``str``.
+
+    This text is part of the noise keys of ensembles (:mod:`xearthformer.models.keys`): do not
+    change it.
+
+    >>> format_time(np.datetime64("2009-01-16T12:00"))
+    '2009-01-16T12:00:00'
+    >>> format_time(np.datetime64("2009-01-16T12:00"), compact=True)
+    '20090116T120000'
+    """
+    if isinstance(t, np.datetime64):
+        if np.isnat(t):
+            return "NaT"
+        import pandas as pd
+
+        t = pd.Timestamp(t)
+    fields = ("year", "month", "day", "hour", "minute", "second")
+    if not all(hasattr(t, f) for f in fields):
+        return str(t)
+    text = "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}".format(*(int(getattr(t, f)) for f in fields))
+    micro = int(getattr(t, "microsecond", 0) or 0)
+    if micro:
+        text += f".{micro:06d}"
+    return text.replace("-", "").replace(":", "") if compact else text
 
 
 def infer_step(times: Any) -> TimeStep:

@@ -1,5 +1,8 @@
 """Shared plumbing of the metrics: input coercion, observation alignment, dims, weights.
 
+Axis finding, laziness and the cos(latitude) area weights are :mod:`xearthformer.layout`'s
+(one definition each); this module adapts them to forecast/observation pairs.
+
 Nothing here scores anything. Every public metric goes through :func:`prepare_pair` (turn
 numpy/torch/xarray into aligned xarray objects) and :func:`reduce_dims` (which dims to
 reduce over), so they all agree on conventions:
@@ -22,6 +25,10 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import DataError
+# axis finding and laziness are layout's; the metrics modules import them from here
+from ..layout.axes import find_coord  # noqa: F401
+from ..layout.dataview import is_lazy  # noqa: F401
+from ..layout.spec import coslat
 
 LEAD = "lead_time"
 INIT = "init_time"
@@ -36,11 +43,6 @@ KEEP_OVER_MEMBERS = (LEAD, THRESHOLD, CONTROL)
 
 XArray = Union[xr.DataArray, xr.Dataset]
 Dims = Union[str, Sequence[Hashable], None]
-
-# Fallback names when cf-xarray finds no CF-tagged axis (checked in this order).
-_LAT_NAMES = ("lat", "latitude", "nav_lat", "rlat", "y_lat", "LAT", "Latitude")
-_LON_NAMES = ("lon", "longitude", "nav_lon", "rlon", "x_lon", "LON", "Longitude")
-
 
 def to_xarray(obj: Any, like: XArray | None = None) -> XArray:
     """Return ``obj`` as an xarray object; numpy arrays and torch tensors are wrapped.
@@ -75,23 +77,6 @@ def single_variable(obj: XArray, what: str) -> xr.DataArray:
             f"Select one first, e.g. ds[{names[0]!r}]" if names else f"{what} has no data variables"
         )
     return obj[names[0]]
-
-
-def find_coord(obj: XArray, kind: str) -> Hashable | None:
-    """Name of the latitude or longitude coordinate of ``obj`` (``kind`` is "latitude" or
-    "longitude"): CF attributes through cf-xarray first, then common names; None if absent."""
-    try:
-        import cf_xarray  # noqa: F401  (registers .cf)
-
-        names = obj.cf.coordinates.get(kind, [])
-        if len(names) == 1:
-            return names[0]
-    except Exception:  # cf-xarray can fail on odd metadata; fall back to names
-        pass
-    for name in _LAT_NAMES if kind == "latitude" else _LON_NAMES:
-        if name in obj.coords or name in obj.dims:
-            return name
-    return None
 
 
 def time_dim(obj: XArray) -> Hashable | None:
@@ -129,16 +114,6 @@ def standard_time(obj: XArray) -> XArray:
     if name is None or name == TIME or taken:
         return obj
     return obj.rename({name: TIME})
-
-
-def is_lazy(*objs: Any) -> bool:
-    """True when any of the xarray objects holds a Dask array."""
-    for obj in objs:
-        if isinstance(obj, xr.DataArray) and obj.chunks is not None:
-            return True
-        if isinstance(obj, xr.Dataset) and any(v.chunks is not None for v in obj.data_vars.values()):
-            return True
-    return False
 
 
 def _month_number(times: xr.DataArray) -> xr.DataArray:
@@ -354,7 +329,7 @@ def area_weights(obj: XArray, weights: Any) -> xr.DataArray | None:
                 f"weights='coslat' needs a latitude coordinate; found coords {list(obj.coords)}. "
                 "Add CF attributes (standard_name='latitude') or name it 'lat'/'latitude'"
             )
-        return np.cos(np.deg2rad(obj[lat].astype(float))).clip(min=0.0)
+        return coslat(obj[lat].astype(float))
     return to_xarray(weights)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..data.sevir import SEVIR_THRESHOLDS
 from ..errors import DataError
 from ._common import (
     CONTROL,
@@ -52,8 +53,6 @@ from ._common import (
 )
 from .pooling import pool as spatial_pool
 
-SEVIR_THRESHOLDS: tuple[int, ...] = (16, 74, 133, 160, 181, 219)
-"""Official SEVIR VIL thresholds on the 0-255 pixel scale."""
 SEVIR_EPS = 1e-4
 _PROTOCOLS = (None, "sevir")
 _AGGREGATES = ("counts", "samples")

@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import DataError
+from ..layout.spec import coslat
 from ._common import (
     CONTROL,
     INIT,
@@ -145,7 +146,7 @@ def _box(sst: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
         )
     # keep the box in the grid's own order (either latitude order, either lon convention)
     box = sst.isel({lat: in_lat, lon: np.sort(in_lon)})
-    weights = np.cos(np.deg2rad(box[lat].astype(float)))
+    weights = coslat(box[lat].astype(float))
     return box, weights
 
 

@@ -14,7 +14,8 @@ torch.Size([2, 4, 6, 6, 16])
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -43,6 +44,17 @@ class BlockOptions:
     separate_global_qkv: bool = False
     global_dim_ratio: int = 1
     checkpoint_level: int = 0
+
+    @classmethod
+    def from_config(cls, config: Any) -> BlockOptions:
+        """The options of a model config: every field of this class that ``config`` has an
+        attribute of the same name for, taken from it (the others keep their defaults).
+
+        >>> from types import SimpleNamespace
+        >>> BlockOptions.from_config(SimpleNamespace(num_heads=8, base_units=64)).num_heads
+        8
+        """
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
 def _run(module: nn.Module, level: int, needed: int, *args: Tensor | None):  # noqa: ANN202

@@ -12,7 +12,8 @@
 
 H and W need not be multiples of anything: patch merging pads, the head resizes back to the
 exact (H, W). The module names equal the official implementation's, so the official
-``sevir``/``enso`` state_dicts load unchanged (see :mod:`xearthformer.official`).
+``sevir``/``enso`` state_dicts load unchanged (see :mod:`xearthformer.models.earthformer.official`).
+It is a deterministic family: :meth:`Earthformer.predict` returns one member.
 
 >>> import torch
 >>> model = Earthformer.from_preset("tiny")
@@ -22,17 +23,18 @@ torch.Size([2, 6, 32, 32, 1])
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ShapeError
-from .blocks import BlockOptions, Decoder, Encoder
+from ...errors import ConfigError, ShapeError
+from ...nn.blocks import BlockOptions, Decoder, Encoder
+from ...nn.layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, merged_shape
+from ...nn.patterns import cross_pattern, self_pattern
 from .config import EarthformerConfig, preset, presets
-from .layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, merged_shape
-from .patterns import cross_pattern, self_pattern
 
 __all__ = ["Earthformer", "EarthformerConfig", "presets"]
 
@@ -52,6 +54,9 @@ class Earthformer(nn.Module):
     (6, 24, 48, 1)
     """
 
+    #: one output per input: :meth:`predict` returns M = 1 and ignores noise keys
+    stochastic = False
+
     def __init__(self, config: EarthformerConfig) -> None:
         super().__init__()
         self.config = cfg = config
@@ -62,7 +67,7 @@ class Earthformer(nn.Module):
         self._build_stem_and_head()
         units = cfg.level_units()
         shapes = [(*self.base_shape[:3], units[0])]
-        opts = _block_options(cfg)
+        opts = BlockOptions.from_config(cfg)
         for i in range(1, len(units)):
             shapes.append(merged_shape(shapes[-1], cfg.downsample_factor(), units[i]))
         self.mem_shapes = shapes
@@ -143,6 +148,16 @@ class Earthformer(nn.Module):
         """
         return cls(preset(name, **overrides))
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the attention and FFN blocks in the backward pass (``checkpoint_level``
+        2) or not (0); the config is updated to match, so a saved bundle says so."""
+        level = 2 if enabled else 0
+        self.config = self.config.replace(checkpoint_level=level)
+        for module in self.modules():
+            opts = getattr(module, "opts", None)
+            if isinstance(opts, BlockOptions):
+                module.opts = dataclasses.replace(opts, checkpoint_level=level)
+
     # ---------------------------------------------------------------- forward
     def check_input(self, x: Any) -> None:
         """Raise ShapeError unless ``x`` is a float tensor (N, *config.input_shape)."""
@@ -177,6 +192,22 @@ class Earthformer(nn.Module):
         y = self.decoder(z, mem, mem_global)
         return self.dec_final_proj(self.final_decoder(y))
 
+    def predict(self, x: Tensor, *, keys: Tensor | None = None, **sampling: Any) -> Tensor:
+        """The family protocol's entry point: (N, T_in, H, W, C_in) -> (N, 1, T_out, H, W, C_out).
+
+        Deterministic: ``keys`` is ignored and there are no sampling options.
+
+        Raises
+        ------
+        ConfigError
+            A sampling option was given.
+        """
+        if sampling:
+            raise ConfigError(
+                f"Earthformer is deterministic and takes no sampling options; got {sorted(sampling)}. "
+                "Fix: drop them (they are for stochastic families).")
+        return self(x)[:, None]
+
     def _initial_z(self, top: Tensor) -> Tensor:
         t_out = self.config.target_shape[0]
         method = self.config.z_init_method
@@ -192,12 +223,3 @@ class Earthformer(nn.Module):
             z = top.mean(dim=1, keepdim=True).expand(-1, t_out, -1, -1, -1)
         return self.z_proj(z)
 
-
-def _block_options(cfg: EarthformerConfig) -> BlockOptions:
-    return BlockOptions(
-        num_heads=cfg.num_heads, attn_drop=cfg.attn_drop, proj_drop=cfg.proj_drop, ffn_drop=cfg.ffn_drop,
-        ffn_activation=cfg.ffn_activation, gated_ffn=cfg.gated_ffn, norm_layer=cfg.norm_layer,
-        padding_type=cfg.padding_type, use_relative_pos=cfg.use_relative_pos,
-        self_attn_use_final_proj=cfg.self_attn_use_final_proj, use_global_vector_ffn=cfg.use_global_vector_ffn,
-        use_global_self_attn=cfg.use_global_self_attn, separate_global_qkv=cfg.separate_global_qkv,
-        global_dim_ratio=cfg.global_dim_ratio, checkpoint_level=cfg.checkpoint_level)

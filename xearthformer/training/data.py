@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import layout
-from .errors import DataError
+from .. import layout
+from ..errors import DataError
 
 
 @dataclass(frozen=True)
@@ -113,19 +113,13 @@ def _period(ds: xr.Dataset, time: str, start: int, stop: int) -> slice:
     return slice(_label(ds, time, start), _label(ds, time, stop - 1))
 
 
-def is_lazy(ds: xr.Dataset | xr.DataArray) -> bool:
-    """True when any variable is backed by a Dask array (Zarr, open_mfdataset, ``chunk()``)."""
-    obj = ds.to_dataset(name="_") if isinstance(ds, xr.DataArray) else ds
-    return any(v.chunks is not None for v in obj.variables.values())
-
-
 def samples_per_init(ds: xr.Dataset, spec: layout.DataSpec) -> int:
     """Samples each init time gives (the product of the extra 'sample' dims, e.g. members)."""
     return int(math.prod(len(c) for c in layout.sample_dims(ds, spec).values()))
 
 
 class XarrayWindows:
-    """A :class:`~xearthformer.training_loop.WindowSource` over labelled data.
+    """A :class:`~xearthformer.training.loop.WindowSource` over labelled data.
 
     Window ``i`` is init time ``i // E``, extra sample ``i % E`` (``E`` from
     :func:`samples_per_init`), in :func:`xearthformer.layout.encode_inputs`' order.

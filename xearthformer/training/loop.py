@@ -1,8 +1,10 @@
-"""The training loop on tensors: AdamW, warm-up + cosine, clipping, AMP, early stopping, resume, DDP.
+"""The training loop on tensors: AdamW, warm-up + cosine, clipping, AMP, early stopping, resume,
+DDP, EMA of the weights, checkpoints and progress bars, written once for every model family.
 
 This module knows nothing about xarray: it trains any ``torch.nn.Module`` on a
-:class:`WindowSource` (anything with ``len()`` and ``get(indices) -> (x, y, mask)``).
-:mod:`xearthformer.training` builds the sources from labelled data.
+:class:`WindowSource` (anything with ``len()`` and ``get(indices) -> (x, y, mask)``) by
+minimising an objective (:mod:`xearthformer.training.objectives`; default: the masked MSE).
+:mod:`xearthformer.training.labelled` builds the sources from labelled data.
 
 Reproducibility: the shuffling order and the torch random state (dropout) of epoch ``e``
 are derived from ``(seed, e)`` only, and the learning rate is a pure function of the step,
@@ -11,10 +13,16 @@ uninterrupted run would.
 
 Distributed: when ``torch.distributed`` is initialised with several processes, every
 global batch is split between the ranks and the model is wrapped in
-``DistributedDataParallel``. The loss of a rank is its share of the *global* masked,
-weighted mean, so the gradient is that of one process seeing the whole global batch.
+``DistributedDataParallel``. The loss of a rank is its share of the *global* mean
+(``sum over ranks of total / sum over ranks of count``), so the gradient is that of one
+process seeing the whole global batch.
 
->>> from xearthformer.training_loop import TrainConfig, TensorSource, fit
+EMA: with ``TrainConfig(ema_decay=d)`` an exponential moving average of the weights is kept
+(decay ``min(d, (1 + n) / (10 + n))`` at the n-th update, after every optimizer step), saved
+in ``last.pt``, restored on resume and returned as ``FitResult.ema_state``. The state files,
+the EMA and the loss curve are :mod:`xearthformer.training.state`'s.
+
+>>> from xearthformer.training.loop import TrainConfig, TensorSource, fit
 >>> src = TensorSource(x, y)                                       # doctest: +SKIP
 >>> result = fit(model, src, None, TrainConfig(epochs=3, batch_size=4))   # doctest: +SKIP
 >>> result.history["train_loss"]                                   # doctest: +SKIP
@@ -38,14 +46,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .device import resolve_device
-from .errors import CheckpointError, ConfigError, ShapeError
+from ..device import resolve_device
+from ..errors import ConfigError, ShapeError
+from ..parallel import distributed_info
+from ..progress import progress_bar, tqdm_class
+from .objectives import Batch, LossTerms, MaskedMSE, Objective
+from .state import LAST_STATE, LOSS_CURVE, RunProgress, WeightsEMA, plot_loss_curve, restore, save_state
 
-#: file names inside ``checkpoint_dir``
-LAST_STATE = "last.pt"
-BEST_STATE = "best.pt"
-LOSS_CURVE = "loss_curve.png"
-STATE_VERSION = 1
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -85,6 +92,9 @@ class TrainConfig:
         Cap on optimizer steps per epoch (a random subset of windows each epoch).
     progress : bool or None
         Show tqdm progress bars (None: only on a terminal).
+    ema_decay : float or None
+        Keep an exponential moving average of the weights with this decay (in (0, 1), e.g.
+        0.999; warm-up ``min(decay, (1 + n) / (10 + n))``); None: no EMA.
 
     Examples
     --------
@@ -105,6 +115,7 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     progress: bool | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -116,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"warmup is a fraction of all steps in [0, 1), got {self.warmup}.")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1) (e.g. 0.999) or None, got {self.ema_decay}.")
         if not (self.lr >= 0 and self.weight_decay >= 0):
             raise ConfigError(f"lr and weight_decay must be >= 0, got lr={self.lr}, "
                               f"weight_decay={self.weight_decay}; the default lr is 1e-3.")
@@ -189,12 +202,16 @@ class FitResult:
         1-based epoch with the lowest validation loss.
     stopped_early : bool
         True when early stopping ended the run.
+    ema_state : dict or None
+        With ``ema_decay``: a state_dict (CPU) of the model with the averaged weights, for
+        ``model.load_state_dict``; None otherwise.
     """
 
     model: nn.Module
     history: dict[str, list[float]]
     best_epoch: int | None = None
     stopped_early: bool = False
+    ema_state: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -219,41 +236,6 @@ def lr_at(step: int, total_steps: int, config: TrainConfig) -> float:
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def masked_loss_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
-                      weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of weighted squared errors and the sum of weights, over valid points only.
-
-    The loss is ``sum / denominator``. Keeping both terms lets distributed processes
-    combine them into the exact global mean.
-
-    Parameters
-    ----------
-    pred, target : Tensor
-        ``(N, T, H, W, C)``.
-    mask : Tensor or None
-        bool like ``target`` (None: all valid).
-    weights : Tensor or None
-        Broadcastable to ``target`` (e.g. ``(H, W, 1)`` cos-latitude weights).
-
-    Examples
-    --------
-    >>> p, t = torch.ones(1, 1, 1, 2, 1), torch.zeros(1, 1, 1, 2, 1)
-    >>> m = torch.tensor([True, False]).view(1, 1, 1, 2, 1)
-    >>> [float(v) for v in masked_loss_terms(p, t, m, None)]
-    [1.0, 1.0]
-    """
-    if pred.shape != target.shape:
-        raise ShapeError(f"model output {tuple(pred.shape)} differs from target {tuple(target.shape)}; "
-                         "the model's target_shape must match the data's (lead, H, W, C_out).")
-    w = torch.ones_like(target) if weights is None else torch.broadcast_to(weights.to(target.dtype), target.shape)
-    if mask is not None:
-        w = w * mask.to(target.dtype)
-    # Replace masked targets first: NaN there would turn 0 * NaN into NaN gradients.
-    clean = torch.where(w > 0, target.float(), torch.zeros((), dtype=torch.float32, device=target.device))
-    err = (pred.float() - clean) ** 2
-    return (err * w).sum(), w.sum()
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
 
@@ -269,13 +251,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def distributed_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def epoch_order(n: int, seed: int, epoch: int, steps: int | None, batch_size: int) -> np.ndarray:
     """Shuffled window order of ``epoch``, a function of ``(seed, epoch)`` only."""
     order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -287,9 +262,10 @@ def epoch_order(n: int, seed: int, epoch: int, steps: int | None, batch_size: in
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Switch on activation checkpointing in ``model``.
 
-    A model that checkpoints itself (an Earthformer built with ``checkpoint_level`` > 0, or
-    one with ``set_activation_checkpointing``) is left to do so; otherwise each direct child
-    of the model's ``ModuleList``s is recomputed in the backward pass.
+    A model that checkpoints itself (one with ``set_activation_checkpointing``, as every
+    family's network should have; or a config with ``checkpoint_level`` > 0) is asked to
+    do so; otherwise each direct child of the model's ``ModuleList``s is recomputed in the
+    backward pass.
     """
     if hasattr(model, "set_activation_checkpointing"):
         model.set_activation_checkpointing(True)
@@ -322,37 +298,6 @@ class _Checkpointed(nn.Module):
         if self.training and torch.is_grad_enabled():
             return self._checkpoint(self.inner, *args, use_reentrant=False, **kwargs)
         return self.inner(*args, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------
-# state files
-# ----------------------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
-
-
-def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training state file (``last.pt``) written by :func:`fit`; safe (weights only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no training state at {path}; resume needs the {LAST_STATE} that "
-                                "fit() writes into checkpoint_dir.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or not a state file
-        raise CheckpointError(f"{path} is not a readable xearthformer training state ({err}); "
-                              f"expected the {LAST_STATE} written by fit().") from err
-    if not isinstance(state, dict) or state.get("format") != "xearthformer-train-state":
-        raise CheckpointError(f"{path} is not an xearthformer training state; pass the {LAST_STATE} "
-                              "file from a training run's checkpoint_dir.")
-    if state.get("version", 0) > STATE_VERSION:
-        raise CheckpointError(f"{path} has training-state version {state['version']}, newer than "
-                              f"{STATE_VERSION}; upgrade xearthformer.")
-    return state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,9 +367,10 @@ def _batches(source: WindowSource, order: np.ndarray, batch_size: int, rank: int
 
 
 def evaluate_loss(model: nn.Module, source: WindowSource, batch_size: int,
-                  weights: torch.Tensor | None = None, device: Any = "auto",
+                  objective: Objective | None = None, device: Any = "auto",
                   precision: str = "auto") -> float:
-    """Masked, weighted MSE of ``model`` over every window of ``source`` (all ranks together).
+    """The objective's loss (default: the masked MSE) of ``model`` over every window of
+    ``source``, all ranks together: ``sum of totals / sum of counts``.
 
     Examples
     --------
@@ -437,14 +383,14 @@ def evaluate_loss(model: nn.Module, source: WindowSource, batch_size: int,
     model.eval()
     total, denom = 0.0, 0.0
     order = np.arange(len(source))
+    objective = MaskedMSE() if objective is None else objective
     with torch.no_grad():
         for x, y, m, scale in _batches(source, order, batch_size, rank, world):
-            x, y, m = _to_device((x, y, m), device)
+            batch = Batch(*_to_device((x, y, m), device))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                pred = model(x)
-            s, d = masked_loss_terms(pred, y, m, weights)
-            total += float(s) * scale
-            denom += float(d) * scale
+                terms = objective(model, batch)
+            total += float(terms.total) * scale
+            denom += float(terms.count) * scale
     model.train(was_training)
     total, denom = _all_sum([total, denom], device, world)
     return total / denom if denom > 0 else float("nan")
@@ -455,7 +401,7 @@ def fit(
     train: WindowSource,
     val: WindowSource | None = None,
     config: TrainConfig | None = None,
-    weights: Any = None,
+    objective: Objective | None = None,
     device: Any = "auto",
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | bool | None = None,
@@ -467,13 +413,15 @@ def fit(
     Parameters
     ----------
     model : nn.Module
-        Maps ``(N, T_in, H, W, C_in)`` to ``(N, T_out, H, W, C_out)``.
+        The network; the objective calls it.
     train, val : WindowSource
         Training and (optional) validation windows.
     config : TrainConfig
         Optimisation settings (default ``TrainConfig()``).
-    weights : array-like, optional
-        Loss weights broadcastable to ``(T_out, H, W, C_out)``, e.g. ``(H, W, 1)`` cos(lat).
+    objective : Objective, optional
+        The loss on a batch (:mod:`xearthformer.training.objectives`); default
+        ``MaskedMSE()`` (unweighted masked MSE of ``model(x)`` against ``y``). An
+        ``nn.Module`` objective is moved to ``device``.
     device : str or torch.device
         ``"auto"``: CUDA if available (``LOCAL_RANK`` under torchrun), else CPU.
     checkpoint_dir : path-like, optional
@@ -484,10 +432,10 @@ def fit(
         config and data the result equals that of an uninterrupted run.
     on_epoch_end : callable, optional
         ``f(epoch, history, is_best, model)`` after each epoch's checkpoint; returning True
-        stops training (used by :mod:`xearthformer.training` to write bundles).
+        stops training (used by :mod:`xearthformer.training.labelled` to write bundles).
     augment : callable, optional
         ``f(x, y, mask, rng) -> (x, y, mask)`` applied to every training batch (numpy), e.g.
-        :func:`xearthformer.training_data.roll_augment`; ``rng`` is seeded from
+        :func:`xearthformer.training.data.roll_augment`; ``rng`` is seeded from
         (seed, epoch, batch), so augmented runs stay reproducible and resumable.
 
     Returns
@@ -512,7 +460,9 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    w = None if weights is None else torch.as_tensor(np.asarray(weights, np.float32), device=device)
+    objective = MaskedMSE() if objective is None else objective
+    if isinstance(objective, nn.Module):
+        objective.to(device)
     optimizer = _make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     steps = math.ceil(len(train) / config.batch_size)
@@ -520,54 +470,59 @@ def fit(
         steps = min(steps, config.steps_per_epoch)
     total_steps = steps * config.epochs
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    run = _Progress()
+    run = RunProgress()
+    ema = WeightsEMA(model, config.ema_decay) if config.ema_decay is not None else None
     if resume:
         path = (ckdir / LAST_STATE) if resume is True and ckdir is not None else Path(resume)  # type: ignore[arg-type]
-        run = _restore(path, model, optimizer, scaler, config, rank)
+        run = restore(path, model, optimizer, scaler, config, rank, ema)
 
-    from .progress import tqdm_class
-
-    tqdm = tqdm_class()
-
-    # tqdm's disable=None hides bars when not on a terminal; other ranks never show them.
-    disable = (None if config.progress is None else not config.progress) if rank == 0 else True
+    # only rank 0 shows bars and epoch lines
+    progress = config.progress if rank == 0 else False
     stopped = False
     for epoch in range(run.epoch, config.epochs):
         t0 = time.perf_counter()
         net.train()
         order = epoch_order(len(train), config.seed, epoch, config.steps_per_epoch, config.batch_size)
         losses = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=disable,
-                   leave=False, dynamic_ncols=True)
+        logs: dict[str, list[float]] = {}
+        bar = progress_bar(total=steps, progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           leave=False, dynamic_ncols=True)
         with _epoch_rng(config.seed, epoch, device):
             for batch in _batches(train, order, config.batch_size, rank, world, augment, config.seed, epoch):
                 lr = lr_at(run.step, total_steps, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = _train_step(net, model, optimizer, scaler, batch, w, amp, device, config.clip_grad)
+                loss, step_logs = _train_step(net, model, optimizer, scaler, batch, objective, amp, device,
+                                              config.clip_grad)
+                if ema is not None:
+                    ema.update(model)
                 losses.append(loss)
+                for name, value in step_logs.items():
+                    logs.setdefault(name, []).append(value)
                 run.history["step_loss"].append(loss)
                 run.history["lr"].append(lr)
                 run.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}")
         bar.close()
-        val_loss = evaluate_loss(net, val, config.batch_size, w, device, config.precision) \
+        val_loss = evaluate_loss(net, val, config.batch_size, objective, device, config.precision) \
             if val is not None and len(val) > 0 else float("nan")
+        for name, values in logs.items():
+            run.history.setdefault(f"train_{name}", []).append(float(np.mean(values)))
         is_best = run.end_epoch(epoch, float(np.mean(losses)), val_loss, time.perf_counter() - t0, model)
-        if rank == 0 and disable is not True:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {run.history['train_loss'][-1]:.4g}"
+        if rank == 0 and progress is not False:
+            tqdm_class().write(f"epoch {epoch + 1}/{config.epochs}: train loss {run.history['train_loss'][-1]:.4g}"
                        + ("" if math.isnan(val_loss) else
                           f", val loss {val_loss:.4g}" + (" (best)" if is_best else "")))
         if ckdir is not None and rank == 0:
-            _save_state(ckdir, model, optimizer, scaler, run, config, is_best)
+            save_state(ckdir, model, optimizer, scaler, run, config, is_best, ema)
         stop = bool(on_epoch_end(epoch + 1, run.history, is_best, model)) if on_epoch_end else False
         if world > 1:
             dist.barrier()
         if config.patience is not None and run.bad >= config.patience:
             stopped = True
             if rank == 0:
-                tqdm.write(f"early stopping: no lower validation loss for {run.bad} epochs "
+                tqdm_class().write(f"early stopping: no lower validation loss for {run.bad} epochs "
                            f"(best {run.best:.4g} at epoch {run.best_epoch})")
             break
         if stop:
@@ -576,36 +531,8 @@ def fit(
         model.load_state_dict(run.best_state)
     if ckdir is not None and rank == 0 and run.history["step_loss"]:
         plot_loss_curve(run.history, ckdir / LOSS_CURVE)
-    return FitResult(model=model, history=run.history, best_epoch=run.best_epoch, stopped_early=stopped)
-
-
-@dataclass
-class _Progress:
-    """Where a run stands: everything besides model/optimizer that resuming restores."""
-
-    history: dict[str, list[float]] = field(default_factory=lambda: {
-        "step_loss": [], "lr": [], "train_loss": [], "val_loss": [], "epoch_seconds": []})
-    epoch: int = 0  # epochs done
-    step: int = 0  # optimizer steps done
-    best: float = math.inf
-    best_epoch: int | None = None
-    bad: int = 0  # epochs since the best validation loss
-    best_state: dict[str, torch.Tensor] | None = None
-
-    def end_epoch(self, epoch: int, train_loss: float, val_loss: float, seconds: float,
-                  model: nn.Module) -> bool:
-        """Record an epoch; returns True when its validation loss is the best so far."""
-        self.epoch = epoch + 1
-        self.history["train_loss"].append(train_loss)
-        self.history["val_loss"].append(val_loss)
-        self.history["epoch_seconds"].append(seconds)
-        if val_loss < self.best:
-            self.best, self.best_epoch, self.bad = val_loss, epoch + 1, 0
-            self.best_state = _state_dict_cpu(model)
-            return True
-        if not math.isnan(val_loss):
-            self.bad += 1
-        return False
+    return FitResult(model=model, history=run.history, best_epoch=run.best_epoch, stopped_early=stopped,
+                     ema_state=None if ema is None else ema.model_state(model))
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -618,15 +545,15 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 def _train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, batch: tuple[np.ndarray, np.ndarray, np.ndarray | None, float],
-                w: torch.Tensor | None, amp: torch.dtype | None, device: torch.device,
-                clip_grad: float | None) -> float:
-    """One optimizer step on this rank's share of a global batch; returns the global loss."""
+                objective: Objective, amp: torch.dtype | None, device: torch.device,
+                clip_grad: float | None) -> tuple[float, dict[str, float]]:
+    """One optimizer step on this rank's share of a global batch; returns the global loss and
+    the objective's logs (averaged over ranks)."""
     _, world = distributed_info()
     xb, yb, mb, scale = batch
-    x, y, m = _to_device((xb, yb, mb), device)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        pred = net(x)
-    s, d = masked_loss_terms(pred, y, m, w)
+        terms: LossTerms = objective(net, Batch(*_to_device((xb, yb, mb), device)))
+    s, d = terms.total, terms.count
     d_global = _all_sum([float(d) * scale], device, world)[0]
     if d_global <= 0:
         raise ShapeError("a training batch has no valid target point (all masked); check the "
@@ -640,84 +567,6 @@ def _train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimiz
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     scaler.step(optimizer)
     scaler.update()
-    return _all_sum([float(s.detach()) * scale], device, world)[0] / d_global
-
-
-def _save_state(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, run: _Progress, config: TrainConfig, is_best: bool) -> None:
-    """Write ``last.pt`` (everything resuming needs) and, after a best epoch, ``best.pt``."""
-    ckdir.mkdir(parents=True, exist_ok=True)
-    state = {"format": "xearthformer-train-state", "version": STATE_VERSION,
-             "model": _state_dict_cpu(model), "optimizer": optimizer.state_dict(),
-             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-             "history": run.history, "epoch": run.epoch, "step": run.step, "best": run.best,
-             "best_epoch": run.best_epoch, "bad_epochs": run.bad, "config": config.to_dict()}
-    _atomic_save(state, ckdir / LAST_STATE)
-    if is_best:
-        _atomic_save({"format": "xearthformer-best-weights", "model": run.best_state,
-                      "epoch": run.epoch, "val_loss": run.best}, ckdir / BEST_STATE)
-
-
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, config: TrainConfig, rank: int) -> _Progress:
-    """Load ``last.pt`` (and the ``best.pt`` beside it) into the model and optimizer."""
-    state = load_state(path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    run = _Progress(history={k: list(v) for k, v in state["history"].items()},
-                    epoch=int(state["epoch"]), step=int(state["step"]), best=float(state["best"]),
-                    best_epoch=state["best_epoch"], bad=int(state["bad_epochs"]))
-    if (path.parent / BEST_STATE).is_file():
-        run.best_state = torch.load(path.parent / BEST_STATE, map_location="cpu", weights_only=True)["model"]
-    ignore = ("progress",)
-    same = {k: v for k, v in state["config"].items() if k not in ignore} == \
-        {k: v for k, v in config.to_dict().items() if k not in ignore}
-    if not same and rank == 0:
-        import warnings
-
-        warnings.warn("resuming with a different TrainConfig than the checkpoint's; the run will "
-                      "not equal an uninterrupted one.", stacklevel=3)
-    return run
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    # Write then rename, so an interrupted run never leaves a half-written checkpoint.
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def plot_loss_curve(history: dict[str, list[float]], path: str | os.PathLike[str]) -> Path:
-    """Plot training loss per step (and per-epoch train/validation loss) to a PNG.
-
-    Examples
-    --------
-    >>> plot_loss_curve({"step_loss": [1.0, 0.5], "train_loss": [0.7], "val_loss": [0.8]},
-    ...                 "loss.png")                               # doctest: +SKIP
-    """
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.add_subplot()
-    steps = np.arange(1, len(history["step_loss"]) + 1)
-    ax.plot(steps, history["step_loss"], color="0.7", lw=0.8, label="train (per step)")
-    n_ep = len(history.get("train_loss", []))
-    if n_ep:
-        per_epoch = len(steps) / n_ep
-        ends = per_epoch * np.arange(1, n_ep + 1)
-        ax.plot(ends, history["train_loss"], "o-", color="C0", label="train (epoch mean)")
-        val = np.asarray(history.get("val_loss", []), dtype=float)
-        if val.size and np.isfinite(val).any():
-            ax.plot(ends, val, "s-", color="C1", label="validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("masked weighted MSE (normalised units)")
-    if np.all(np.asarray(history["step_loss"]) > 0):
-        ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("xearthformer training loss")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    names = sorted(terms.logs)
+    sums = _all_sum([float(s.detach()) * scale, *(float(terms.logs[k]) for k in names)], device, world)
+    return sums[0] / d_global, {k: v / world for k, v in zip(names, sums[1:])}

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
-from .data.storms import SEVIR_THRESHOLDS, storms
+from ..data.sevir import SEVIR_THRESHOLDS
+from ..data.storms import storms
+from .baselines import persistence
 
 CONTEXT, LEAD = 6, 6
 N_TIMES, SIZE = 288, (48, 48)
@@ -26,21 +27,13 @@ TEST_FRACTION = 0.25
 PRESET, EPOCHS, LR = "small", 5, 2e-3
 
 
-def persistence(obs: xr.DataArray, fc: xr.DataArray) -> xr.DataArray:
-    """The last observed frame, repeated for every lead, on the forecast's axes."""
-    at_init = obs.sel(time=fc["init_time"].values).rename(time="init_time")
-    at_init = at_init.assign_coords(init_time=fc["init_time"].values)
-    out = at_init.expand_dims(lead_time=fc["lead_time"].values, axis=1)
-    return out.assign_coords(lead_time=fc["lead_time"], valid_time=fc["valid_time"])
-
-
 def run_storms(out: Path, epochs: int | None = None, quick: bool = False, seed: int = 0,
                device: str = "auto") -> dict[str, Any]:
     """The storms demo; returns the CSI rows and output paths."""
-    from . import metrics
-    from .checkpoint import save
-    from .demo_plots import plot_storm_frames
-    from .training import train
+    from .. import metrics
+    from ..checkpoint import save
+    from ..training.labelled import train
+    from .plots import plot_storm_frames
 
     n_times = 96 if quick else N_TIMES
     ds = storms(n_times=n_times, size=SIZE, seed=seed)

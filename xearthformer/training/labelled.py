@@ -1,11 +1,13 @@
-"""Train an Earthformer on labelled (xarray / NetCDF / Zarr) data: ``xearthformer.train``.
+"""Train a model on labelled (xarray / NetCDF / Zarr) data: ``xearthformer.train``.
 
-:func:`train` composes the pieces: :func:`~xearthformer.training_data.split_by_time` splits
-the record at one time (no window straddles it), :func:`xearthformer.layout.fit_spec` fits
-the normalisation on the training period only, windows are cut lazily batch by batch
-(:class:`~xearthformer.training_data.XarrayWindows`), and
-:func:`xearthformer.training_loop.fit` optimises the model. The result is a
-:class:`~xearthformer.checkpoint.Forecaster` ready for ``ds.earthformer.forecast``.
+:func:`train` composes the pieces, each a helper of its own: the record is split at one time
+(:func:`~xearthformer.training.data.split_by_time`, no window straddles it), the
+:class:`~xearthformer.layout.DataSpec` is fitted on the training period only
+(:func:`xearthformer.layout.fit_spec`), windows are cut lazily batch by batch
+(:class:`~xearthformer.training.data.XarrayWindows`), the network and its default objective
+come from the family's row in :mod:`xearthformer.models.registry`, and
+:func:`xearthformer.training.loop.fit` optimises it, writing bundles as it goes. The result is a
+:class:`~xearthformer.models.base.Forecaster` ready for ``ds.earthformer.forecast``.
 
 Under ``torchrun --nproc_per_node N -m xearthformer train ...`` each process trains on its
 share of every batch with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
@@ -22,15 +24,21 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError, DataError
-from .training_data import XarrayWindows, estimated_bytes, is_lazy, split_by_time
+from .. import layout
+from ..errors import ConfigError, DataError
+from ..models import registry
+from .data import TimeSplit, XarrayWindows, estimated_bytes, split_by_time
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models.base import Forecaster, ForecastModel
+    from .loop import TrainConfig
 
 #: Encoded windows up to this size are cached in memory when the data are not Dask-backed.
 CACHE_LIMIT_BYTES = 512 * 2**20
@@ -46,28 +54,9 @@ def default_variables(ds: xr.Dataset) -> list[str]:
     >>> default_variables(sst)                                        # doctest: +SKIP
     ['sst']
     """
-    from .layout import find_axes
-
-    ax = find_axes(ds)
+    ax = layout.find_axes(ds)
     return [str(name) for name, v in ds.data_vars.items()
             if {ax.time, ax.y, ax.x} <= set(v.dims) and np.issubdtype(v.dtype, np.number)]
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1); returns
-    (rank, world size). NCCL when CUDA is available, else gloo. A no-op otherwise."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _jsonable_history(history: dict[str, list[float]]) -> dict[str, list[float | None]]:
@@ -75,7 +64,7 @@ def _jsonable_history(history: dict[str, list[float]]) -> dict[str, list[float |
 
 
 def _period_str(period: slice | None) -> list[str] | None:
-    return None if period is None else [str(period.start)[:19], str(period.stop)[:19]]
+    return None if period is None else [layout.format_time(period.start), layout.format_time(period.stop)]
 
 
 def train(
@@ -92,6 +81,7 @@ def train(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     *,
+    family: str = "earthformer",
     lr: float = 1e-3,
     weight_decay: float = 1e-5,
     warmup: float = 0.1,
@@ -109,8 +99,8 @@ def train(
     cache: bool | str = "auto",
     augment: Any = None,
     **model_overrides: Any,
-) -> Any:
-    """Train an Earthformer on ``ds`` and return a Forecaster (model + data spec).
+) -> Forecaster:
+    """Train a model of ``family`` (default Earthformer) on ``ds`` and return a Forecaster.
 
     Parameters
     ----------
@@ -118,7 +108,8 @@ def train(
         Data with a time axis and a lat/lon (or projected y/x) grid; NumPy-, Dask- or
         Zarr-backed. Dask/Zarr data are never loaded whole: each batch reads its windows.
     preset : str
-        Earthformer preset (``"small"``, ``"tiny"``, ``"enso"``, ``"sevir"``).
+        The family's preset (Earthformer: ``"small"``, ``"tiny"``, ``"enso"``, ``"sevir"``;
+        see ``xearthformer.presets(family)``), built for the data's shapes.
     variables, targets : str or sequence of str, optional
         Input and predicted variables (default: every gridded time-varying variable;
         targets default to the inputs).
@@ -136,8 +127,11 @@ def train(
         bundles and ``loss_curve.png``.
     seed : int
         Seed of the model initialisation, the shuffling and dropout.
+    family : str
+        Model family in :mod:`xearthformer.models.registry`; its default objective is the loss
+        (Earthformer: the masked, area-weighted MSE).
     lr, weight_decay, warmup, clip_grad, precision, activation_checkpointing, patience, steps_per_epoch
-        See :class:`xearthformer.training_loop.TrainConfig`. ``precision="auto"``: bf16
+        See :class:`xearthformer.training.loop.TrainConfig`. ``precision="auto"``: bf16
         autocast on CUDA, fp32 on CPU.
     normalization, static, calendar
         See :func:`xearthformer.layout.fit_spec`; statistics come from the training period.
@@ -150,12 +144,12 @@ def train(
         Progress bars with loss and learning rate (default: when on a terminal).
     augment : callable, optional
         Batch augmentation ``f(x, y, mask, rng)``, e.g.
-        :func:`xearthformer.training_data.roll_augment` for zonally periodic data.
+        :func:`xearthformer.training.data.roll_augment` for zonally periodic data.
     cache : bool or "auto"
         Keep encoded windows in memory. "auto": yes for in-memory data whose windows take
         less than 512 MiB, never for Dask/Zarr-backed data.
     **model_overrides
-        Earthformer config fields, e.g. ``base_units=32``, ``proj_drop=0.0``.
+        Config fields of the family, e.g. ``base_units=32``, ``proj_drop=0.0``.
 
     Returns
     -------
@@ -168,83 +162,134 @@ def train(
     >>> fc.spec.input_shape                                           # doctest: +SKIP
     (6, 24, 72, 1)
     """
-    import torch
-
-    from . import layout
-    from .checkpoint import Forecaster, save
-    from .nn.earthformer import Earthformer
-    from .training_loop import TrainConfig, fit
+    from ..parallel import init_distributed
+    from .loop import fit
 
     rank, world = init_distributed()
-    if isinstance(ds, xr.DataArray):
-        ds = ds.to_dataset(name=ds.name or "variable")
-    variables = list(default_variables(ds) if variables is None else
-                     ([variables] if isinstance(variables, str) else variables))
-    if not variables:
-        raise DataError(f"no gridded time-varying variable found in {sorted(map(str, ds.data_vars))}; "
-                        "pass variables=[...] explicitly.")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup=warmup, clip_grad=clip_grad, precision=precision,
-                         activation_checkpointing=activation_checkpointing, patience=patience,
-                         seed=seed, steps_per_epoch=steps_per_epoch, progress=progress)
+    ds = _as_dataset(ds)
+    config = _train_config(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                           warmup=warmup, clip_grad=clip_grad, precision=precision,
+                           activation_checkpointing=activation_checkpointing, patience=patience,
+                           seed=seed, steps_per_epoch=steps_per_epoch, progress=progress)
     split = split_by_time(ds, val)
-    spec = layout.fit_spec(ds, variables, targets, context=context, lead=lead,
+    spec = layout.fit_spec(ds, _variables(ds, variables), targets, context=context, lead=lead,
                            normalization=normalization, period=split.train_period,
                            static=static, calendar=calendar)
-    train_inits = layout.init_times(split.train_data, spec, targets=True)
-    val_inits = None
-    if split.val_data is not None:
-        n_val = split.val_data.sizes[spec.time_name]
-        if n_val < context + lead:
-            raise DataError(
-                f"the validation period {_period_str(split.val_period)} has {n_val} time steps, "
-                f"fewer than one window (context {context} + lead {lead} = {context + lead}); "
-                "pass a larger val, shorter windows, or val=None.")
-        val_inits = layout.init_times(split.val_data, spec, targets=True)
-
-    def source(data: xr.Dataset | None, inits: Any) -> XarrayWindows | None:
-        if data is None or inits is None:
-            return None
-        keep = cache is True or (cache == "auto" and not is_lazy(data)
-                                 and estimated_bytes(len(inits), spec) < CACHE_LIMIT_BYTES)
-        return XarrayWindows(data, spec, inits, cache=bool(keep))
-
-    train_src, val_src = source(split.train_data, train_inits), source(split.val_data, val_inits)
-    weights = None
-    if coslat and not spec.grid.projected:
-        weights = layout.area_weights(spec)[:, :, None]  # (H, W, 1) broadcasts over lead/channels
-
-    if activation_checkpointing:
-        # Earthformer checkpoints its own attention and FFN blocks at level 2
-        model_overrides.setdefault("checkpoint_level", 2)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Earthformer.from_preset(preset, input_shape=spec.input_shape,
-                                        target_shape=spec.target_shape, **model_overrides)
-
-    info = {"preset": preset, "train_period": _period_str(split.train_period),
+    train_src, val_src = window_sources(split, spec, cache)
+    weights = loss_weights(spec, coslat)
+    model = build_network(family, preset, spec, seed, **model_overrides)
+    objective = registry.resolve(registry.family(family).objective)(weights=weights)
+    info = {"family": family, "preset": preset, "train_period": _period_str(split.train_period),
             "val_period": _period_str(split.val_period),
             "windows": {"train": len(train_src), "val": 0 if val_src is None else len(val_src)},
             "coslat_weighted_loss": weights is not None, "config": config.to_dict(),
             "augment": None if augment is None else getattr(augment, "description", repr(augment)),
             "world_size": world}
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-
-    def write_bundles(epoch: int, history: dict[str, list[float]], is_best: bool, net: Any) -> bool:
-        if ckdir is None or rank != 0:
-            return False
-        meta = {"training": {**info, "epoch": epoch, "history": _jsonable_history(history)}}
-        save(Forecaster(net, spec, metadata=meta), ckdir / LAST_BUNDLE)
-        if is_best:
-            save(Forecaster(net, spec, metadata=meta), ckdir / BEST_BUNDLE)
-        return False
-
-    result = fit(model, train_src, val_src, config, weights=weights, device=device,
-                 checkpoint_dir=ckdir, resume=resume, on_epoch_end=write_bundles, augment=augment)
+    result = fit(model, train_src, val_src, config, objective, device=device, checkpoint_dir=ckdir,
+                 resume=resume, on_epoch_end=bundle_writer(ckdir, rank, spec, info), augment=augment)
     meta = {"training": {**info, "history": _jsonable_history(result.history),
                          "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}}
     result.model.eval()
-    return Forecaster(result.model, spec, metadata=meta)
+    return _forecaster(result.model, spec, meta)
+
+
+def _as_dataset(ds: xr.Dataset | xr.DataArray) -> xr.Dataset:
+    return ds.to_dataset(name=ds.name or "variable") if isinstance(ds, xr.DataArray) else ds
+
+
+def _variables(ds: xr.Dataset, variables: str | Sequence[str] | None) -> list[str]:
+    """The input variables: as given, or every gridded time-varying one."""
+    names = list(default_variables(ds) if variables is None else
+                 ([variables] if isinstance(variables, str) else variables))
+    if not names:
+        raise DataError(f"no gridded time-varying variable found in {sorted(map(str, ds.data_vars))}; "
+                        "pass variables=[...] explicitly.")
+    return names
+
+
+def _train_config(**settings: Any) -> TrainConfig:
+    from .loop import TrainConfig
+
+    return TrainConfig(**settings)
+
+
+def window_sources(split: TimeSplit, spec: layout.DataSpec, cache: bool | str = "auto"
+                   ) -> tuple[XarrayWindows, XarrayWindows | None]:
+    """Training and validation windows of a time split (validation None without one).
+
+    ``cache``: keep encoded windows in memory; "auto" does for in-memory data whose windows
+    take less than :data:`CACHE_LIMIT_BYTES`, never for Dask/Zarr-backed data.
+
+    Raises
+    ------
+    DataError
+        The validation period is shorter than one window.
+    """
+    train_inits = layout.init_times(split.train_data, spec, targets=True)
+    val_inits = None
+    if split.val_data is not None:
+        n_val = split.val_data.sizes[spec.time_name]
+        if n_val < spec.context + spec.lead:
+            raise DataError(
+                f"the validation period {_period_str(split.val_period)} has {n_val} time steps, "
+                f"fewer than one window (context {spec.context} + lead {spec.lead} = "
+                f"{spec.context + spec.lead}); pass a larger val, shorter windows, or val=None.")
+        val_inits = layout.init_times(split.val_data, spec, targets=True)
+
+    def source(data: xr.Dataset, inits: Any) -> XarrayWindows:
+        keep = cache is True or (cache == "auto" and not layout.is_lazy(data)
+                                 and estimated_bytes(len(inits), spec) < CACHE_LIMIT_BYTES)
+        return XarrayWindows(data, spec, inits, cache=bool(keep))
+
+    train_src = source(split.train_data, train_inits)
+    val_src = None if split.val_data is None else source(split.val_data, val_inits)
+    return train_src, val_src
+
+
+def loss_weights(spec: layout.DataSpec, coslat: bool = True) -> np.ndarray | None:
+    """Per-point loss weights: (H, W, 1) cos(latitude) on lat/lon grids when ``coslat``
+    (broadcasting over lead and channels), else None. Land/missing points are masked out of
+    the loss separately, by the targets' mask."""
+    if coslat and not spec.grid.projected:
+        return layout.area_weights(spec)[:, :, None]
+    return None
+
+
+def build_network(family: str, preset: str, spec: layout.DataSpec, seed: int = 0,
+                  **overrides: Any) -> ForecastModel:
+    """The family's network of ``preset`` for the spec's shapes, initialised from ``seed``
+    (without touching the caller's random state)."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return registry.build(family, preset, input_shape=spec.input_shape,
+                              target_shape=spec.target_shape, **overrides)
+
+
+def _forecaster(model: Any, spec: layout.DataSpec, metadata: dict[str, Any]) -> Forecaster:
+    from ..models.base import Forecaster
+
+    return Forecaster(model, spec, metadata=metadata)
+
+
+def bundle_writer(ckdir: Path | None, rank: int, spec: layout.DataSpec, info: dict[str, Any]
+                  ) -> Callable[[int, dict[str, list[float]], bool, Any], bool]:
+    """The ``on_epoch_end`` hook of :func:`~xearthformer.training.loop.fit` that writes
+    ``last.xef`` (and ``best.xef`` after a best epoch) into ``ckdir`` on rank 0."""
+    def write(epoch: int, history: dict[str, list[float]], is_best: bool, net: Any) -> bool:
+        if ckdir is None or rank != 0:
+            return False
+        from ..checkpoint import save
+
+        meta = {"training": {**info, "epoch": epoch, "history": _jsonable_history(history)}}
+        save(_forecaster(net, spec, meta), ckdir / LAST_BUNDLE)
+        if is_best:
+            save(_forecaster(net, spec, meta), ckdir / BEST_BUNDLE)
+        return False
+
+    return write
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +303,7 @@ def open_input(paths: Sequence[str]) -> xr.Dataset:
     --------
     >>> ds = open_input(["data/sst_*.nc"])                           # doctest: +SKIP
     """
-    from .archive import input_paths, open_archive
+    from ..data.files import input_paths, open_archive
 
     return open_archive(input_paths(paths))
 
@@ -300,7 +345,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variables", nargs="+", help="input variables (default: all gridded ones)")
     parser.add_argument("--targets", nargs="+", help="predicted variables (default: the inputs)")
     parser.add_argument("--output", required=True, help="where to write the model bundle (.xef)")
-    parser.add_argument("--preset", default="small", help="Earthformer preset (default: small)")
+    parser.add_argument("--family", default="earthformer",
+                        help="model family (default: earthformer; see xearthformer.models.registry)")
+    parser.add_argument("--preset", default="small", help="the family's preset (default: small)")
     parser.add_argument("--context", type=int, default=12, help="input steps (default 12)")
     parser.add_argument("--lead", type=int, default=14, help="predicted steps (default 14)")
     parser.add_argument("--epochs", type=int, default=20,
@@ -329,13 +376,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``xearthformer train``; only rank 0 writes the bundle under torchrun."""
-    from .checkpoint import save
+    from ..checkpoint import save
 
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (the folder holding last.pt).")
     ds = open_input(args.input)
     forecaster = train(
-        ds, preset=args.preset, variables=_split_names(args.variables),
+        ds, preset=args.preset, family=args.family, variables=_split_names(args.variables),
         targets=_split_names(args.targets), context=args.context, lead=args.lead,
         epochs=args.epochs, batch_size=args.batch_size, val=args.val, device=args.device,
         checkpoint_dir=args.checkpoint_dir, seed=args.seed, lr=args.lr, precision=args.precision,
@@ -343,6 +390,8 @@ def run_train(args: argparse.Namespace) -> int:
         activation_checkpointing=args.activation_checkpointing,
         steps_per_epoch=args.steps_per_epoch, resume=True if args.resume else None,
         **_parse_overrides(args.set))
+    from ..parallel import init_distributed
+
     rank, _ = init_distributed()
     if rank == 0:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,18 @@
-"""``xearthformer demo``: train on real SST (or synthetic storms) and forecast, in minutes on a CPU.
+"""``xearthformer demo`` SST case: OSTIA monthly mean SST from the ``iris-sample-data`` package
+(2006-04 to 2010-09, 5S-4.4N, all longitudes, land NaN), coarsened 3x3 to 1.67 deg x 2.5 deg.
 
-SST case (default): OSTIA monthly mean SST from the ``iris-sample-data`` package (2006-04
-to 2010-09, 5S-4.4N, all longitudes, land NaN), coarsened 3x3 to 1.67 deg x 2.5 deg. A small
-Earthformer learns 6 -> 6 month windows (anomalies from the training climatology) on the
-months before the held-out last year, then forecasts every init time from the last training
-month on. The demo writes a CF-1.8 NetCDF of the forecasts, maps (forecast, observed,
-error), a Nino3.4 plot (forecast vs observed vs persistence) and prints RMSE and anomaly
-correlation per lead against persistence and climatology on the held-out year, whatever
-they are.
+A small Earthformer learns 6 -> 6 month windows (anomalies from the training climatology) on
+the months before the held-out last year, then forecasts every init time from the last
+training month on. The demo writes a CF-1.8 NetCDF of the forecasts, maps (forecast,
+observed, error), a Nino3.4 plot (forecast vs observed vs persistence) and prints RMSE and
+anomaly correlation per lead against persistence and climatology on the held-out year,
+whatever they are.
 
-Storms case (``--case storms``): synthetic moving, growing and decaying storm cells on the
-SEVIR 0-255 VIL scale; a nowcast of 6 five-minute frames from 6, scored by CSI at the SEVIR
-thresholds against persistence.
-
->>> from xearthformer.cli import main
->>> main(["demo", "--output", "xef-demo"])                          # doctest: +SKIP
+>>> run_sst(Path("xef-demo"))                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,53 +26,9 @@ HELD_OUT_MONTHS = 12
 MIN_VERIFYING = 3
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``xearthformer demo``."""
-    parser.add_argument("--output", default="xearthformer-demo", help="output folder (default: xearthformer-demo)")
-    parser.add_argument("--case", choices=["sst", "storms"], default="sst",
-                        help="sst: real OSTIA SST (default); storms: synthetic storm nowcasting")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per case)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few training steps only (a smoke test of the whole pipeline)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; returns the exit code."""
-    # Idle OpenMP threads must not spin: on a shared machine spinning makes training ~10x slower.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if args.case == "storms":
-        from .demo_storms import run_storms
-
-        run_storms(out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device)
-    else:
-        run_sst(out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device)
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s on {machine()}; outputs in {out}/")
-    return 0
-
-
-def machine() -> str:
-    """A one-line description of this computer: usable cores and CPU model."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cores} CPU cores ({model})"
-
-
-# ----------------------------------------------------------------------------------------------
-# SST case
-# ----------------------------------------------------------------------------------------------
 def load_sst() -> xr.Dataset:
     """The OSTIA sample, coarsened 3x3 (mean over ocean cells; all-land cells stay NaN)."""
-    from .data.samples import open_ostia
+    from ..data.samples import open_ostia
 
     ds = open_ostia().load()
     coarse = ds.coarsen(COARSEN).mean(keep_attrs=True)
@@ -95,24 +41,18 @@ def baselines(obs: xr.DataArray, fc: xr.DataArray, clim: xr.DataArray) -> dict[s
     """Baselines on the forecast's (init_time, lead_time) axes: persistence (the observation
     at init time for every lead), anomaly persistence (the init-time anomaly added to the
     valid month's climatology) and climatology (the training-period mean of the valid month)."""
-    at_init = obs.sel(time=fc["init_time"].values).rename(time="init_time")
-    at_init = at_init.assign_coords(init_time=fc["init_time"].values)
-    persistence = at_init.expand_dims(lead_time=fc["lead_time"].values, axis=1)
-    persistence = persistence.assign_coords(lead_time=fc["lead_time"], valid_time=fc["valid_time"])
-    climatology = clim.sel(month=fc["valid_time"].dt.month).drop_vars("month")
-    climatology = climatology.assign_coords(valid_time=fc["valid_time"]).transpose(*persistence.dims)
-    # the anomaly at init time, kept for every lead, on top of the valid month's climatology
-    init_clim = clim.sel(month=fc["init_time"].dt.month).drop_vars("month")
-    anomaly = persistence - init_clim + climatology
-    return {"persistence": persistence, "anomaly_persistence": anomaly.transpose(*persistence.dims),
-            "climatology": climatology}
+    from .baselines import anomaly_persistence, climatology_at_valid, persistence
+
+    base = persistence(obs, fc)
+    return {"persistence": base, "anomaly_persistence": anomaly_persistence(obs, fc, clim),
+            "climatology": climatology_at_valid(clim, fc).transpose(*base.dims)}
 
 
 def skill_table(obs: xr.DataArray, forecasts: dict[str, xr.DataArray], clim_at_valid: xr.DataArray
                 ) -> list[dict[str, Any]]:
     """RMSE and ACC per lead (cos-lat weighted, ocean only) for every forecast, on leads with
     at least ``MIN_VERIFYING`` verifying init times."""
-    from . import metrics
+    from .. import metrics
 
     first = next(iter(forecasts.values()))
     def months(t: xr.DataArray) -> xr.DataArray:  # monthly means are stamped on varying days/hours
@@ -150,11 +90,11 @@ def format_table(rows: list[dict[str, Any]], names: list[str]) -> str:
 def run_sst(out: Path, epochs: int | None = None, quick: bool = False, seed: int = 0,
             device: str = "auto") -> dict[str, Any]:
     """The SST demo; returns the skill rows and output paths."""
-    from . import metrics
-    from .checkpoint import save
-    from .demo_plots import plot_maps, plot_nino34
-    from .training import train
-    from .training_data import roll_augment
+    from .. import metrics
+    from ..checkpoint import save
+    from ..training.data import roll_augment
+    from ..training.labelled import train
+    from .plots import plot_maps, plot_nino34
 
     ds = load_sst()
     times = ds["time"].values

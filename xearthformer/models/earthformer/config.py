@@ -18,32 +18,27 @@ True
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
-from .decomposition import PADDING_TYPES
-from .layers import ACTIVATIONS
-from .patterns import cross_pattern, self_pattern
+from ...errors import ConfigError
+from ...nn.decomposition import PADDING_TYPES
+from ...nn.layers import ACTIVATIONS
+from ...nn.patterns import cross_pattern, self_pattern
+from ..config import ModelConfig
 
 Shape = tuple[int, int, int, int]
 Patterns = str | tuple[str, ...]
 
-_TUPLE_FIELDS = (
-    "input_shape", "target_shape", "block_units", "enc_depth", "dec_depth", "initial_downsample_scale",
-    "initial_downsample_stack_conv_dim_list", "initial_downsample_stack_conv_downscale_list",
-    "initial_downsample_stack_conv_num_conv_list", "self_pattern", "cross_self_pattern", "cross_pattern", "downsample",
-)
-
-
 @dataclass(frozen=True)
-class EarthformerConfig:
-    """Architecture of an :class:`~xearthformer.nn.earthformer.Earthformer`.
+class EarthformerConfig(ModelConfig):
+    """Architecture of an :class:`~xearthformer.models.earthformer.network.Earthformer`.
 
     ``input_shape`` (T_in, H, W, C_in) -> ``target_shape`` (T_out, H, W, C_out): H and W must
     agree; any sizes work (the model pads and crops internally). Patterns are names from
     :mod:`xearthformer.nn.patterns`, one for all levels or a tuple with one per level.
+    Serialisation, copies and ``without_dropout`` come from
+    :class:`~xearthformer.models.config.ModelConfig`; the config is validated when built.
     """
 
     input_shape: Shape
@@ -102,14 +97,7 @@ class EarthformerConfig:
     self_attn_use_final_proj: bool = True
     checkpoint_level: int = 0
 
-    # ------------------------------------------------------------------ construction
-    def __post_init__(self) -> None:
-        for name in _TUPLE_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        self._validate()
-
+    # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -183,39 +171,6 @@ class EarthformerConfig:
         """The pattern field ``name`` as one name per level."""
         value = getattr(self, name)
         return (value,) * len(self.enc_depth) if isinstance(value, str) else tuple(value)
-
-    # ------------------------------------------------------------------ copies and (de)serialisation
-    def without_dropout(self) -> EarthformerConfig:
-        """Copy with every dropout off (the model is then deterministic in train mode too)."""
-        return dataclasses.replace(self, attn_drop=0.0, proj_drop=0.0, ffn_drop=0.0)
-
-    def replace(self, **changes: Any) -> EarthformerConfig:
-        """Copy with some fields changed; unknown names raise ConfigError."""
-        _check_names(changes)
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (tuples as lists)."""
-        def plain(v: Any) -> Any:
-            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
-
-        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EarthformerConfig:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise ConfigError."""
-        _check_names(d)
-        missing = [k for k in ("input_shape", "target_shape") if k not in d]
-        if missing:
-            raise ConfigError(f"config dict lacks {missing}")
-        return cls(**d)
-
-
-def _check_names(d: dict[str, Any]) -> None:
-    valid = [f.name for f in fields(EarthformerConfig)]
-    unknown = sorted(set(d) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown EarthformerConfig field(s) {unknown}; valid fields: {', '.join(valid)}")
 
 
 # ------------------------------------------------------------------------------ presets
