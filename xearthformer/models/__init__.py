@@ -1,0 +1,1 @@
+"""Model families: one folder per family (Earthformer, PreDiff), each built from ``xearthformer.nn``."""
