@@ -61,7 +61,9 @@ class NoisyCuboidTransformerEncoder(nn.Module):
 
     Examples
     --------
-    >>> align = NoisyCuboidTransformerEncoder(AlignmentConfig())
+    >>> import torch
+    >>> with torch.device("meta"):                       # the official SEVIR-LR network, no memory
+    ...     align = NoisyCuboidTransformerEncoder(AlignmentConfig())
     >>> sum(p.numel() for p in align.parameters())
     8937033
     """

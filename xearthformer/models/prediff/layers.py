@@ -86,7 +86,9 @@ class TimeEmbedResBlock(nn.Module):
         self.skip_connection = nn.Identity() if out == channels else nn.Conv3d(channels, out, 1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        x = x.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W) for the 3-D convolutions
+        # (B, C, T, H, W) for the 3-D convolutions; contiguous, because torch 2.13's CPU GroupNorm
+        # backward crashes (segfault) on a channels-last input that does not require grad
+        x = x.permute(0, 4, 1, 2, 3).contiguous()
         h = self.in_layers(x)
         if self.use_embed:
             if emb is None:
@@ -99,7 +101,7 @@ class TimeEmbedResBlock(nn.Module):
                 h = self.out_layers(h + e)
         else:
             h = self.out_layers(h)
-        return (self.skip_connection(x) + h).permute(0, 2, 3, 4, 1)
+        return (self.skip_connection(x) + h).permute(0, 2, 3, 4, 1).contiguous()
 
 
 class AttentionPool(nn.Module):

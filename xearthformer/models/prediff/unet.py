@@ -63,8 +63,10 @@ class CuboidTransformerUNet(nn.Module):
 
     Examples
     --------
+    >>> import torch
     >>> from xearthformer.models.prediff.config import UNetConfig
-    >>> unet = CuboidTransformerUNet(UNetConfig())        # the official SEVIR-LR denoiser
+    >>> with torch.device("meta"):                       # the official SEVIR-LR denoiser, no memory
+    ...     unet = CuboidTransformerUNet(UNetConfig())
     >>> sum(p.numel() for p in unet.parameters())
     136817538
     """

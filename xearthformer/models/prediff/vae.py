@@ -220,15 +220,17 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------- the VAE
 
 def _frames(x: Tensor) -> Tensor:
-    """(N, T, H, W, C) -> (N * T, C, H, W), N-major like the official ``(N T)``."""
+    """(N, T, H, W, C) -> (N * T, C, H, W), N-major like the official ``(N T)``; contiguous
+    (channels-first), as torch 2.13's CPU GroupNorm backward crashes on channels-last inputs
+    that do not require grad."""
     n, t, h, w, c = x.shape
-    return x.reshape(n * t, h, w, c).permute(0, 3, 1, 2)
+    return x.reshape(n * t, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 
 def _sequences(y: Tensor, n: int) -> Tensor:
     """(N * T, C, H, W) -> (N, T, H, W, C)."""
     _, c, h, w = y.shape
-    return y.permute(0, 2, 3, 1).reshape(n, -1, h, w, c)
+    return y.permute(0, 2, 3, 1).reshape(n, -1, h, w, c)  # (reshape copies: the result is contiguous)
 
 
 class FrameVAE(nn.Module):
@@ -263,6 +265,11 @@ class FrameVAE(nn.Module):
     def downsample_factor(self) -> int:
         """f: a frame of H x W has a latent of ceil(H / f) x ceil(W / f)."""
         return self.config.downsample_factor
+
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight (where the adversarial loss weighs its gradient)."""
+        return self.decoder.conv_out.weight
 
     def latent_size(self, size: Sequence[int]) -> tuple[int, int]:
         """(h, w) of the latent of an (H, W) frame."""
