@@ -47,7 +47,7 @@ def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN discriminator (official ``NLayerDiscriminator``, key names ``main.*``) on
-    (B, C, H, W) frames, giving a map of real/fake logits."""
+    (B, C, H, W) frames of at least 24 x 24 (3 layers), giving a map of real/fake logits."""
 
     def __init__(self, in_channels: int = 1, base_channels: int = 64, n_layers: int = 3) -> None:
         super().__init__()
