@@ -22,7 +22,7 @@ from xearthformer.models.prediff import (
     preset,
     sample_posterior,
 )
-from xearthformer.models.prediff.layers import AttentionPool, timestep_embedding
+from xearthformer.models.prediff.layers import AttentionPool, GroupNorm, timestep_embedding
 from xearthformer.models.prediff.vae_loss import hinge_d_loss
 
 VAE_CFG, UNET_CFG, ALIGN_CFG = preset("tiny")
@@ -231,6 +231,17 @@ def test_attention_pool_equals_a_brute_force_computation():
         pool(torch.randn(4, 8, 6))
 
 
+def test_group_norm_backward_on_channels_last_input_without_grad():
+    """(torch 2.13's plain CPU GroupNorm segfaults here; the subclass takes a contiguous copy)."""
+    torch.manual_seed(0)
+    norm, plain = GroupNorm(4, 8), torch.nn.GroupNorm(4, 8)
+    x = torch.randn(2, 5, 6, 8).permute(0, 3, 1, 2)  # channels-last strides, no grad
+    norm(x).pow(2).sum().backward()
+    plain(x.contiguous()).pow(2).sum().backward()
+    assert torch.allclose(norm.weight.grad, plain.weight.grad, atol=1e-5)
+    assert torch.allclose(norm.bias.grad, plain.bias.grad, atol=1e-5)
+
+
 def test_timestep_embedding_closed_form():
     t = torch.tensor([0, 7, 999])
     emb = timestep_embedding(t, 6)
@@ -250,7 +261,7 @@ def test_vae_pads_frames_that_are_not_multiples_of_the_factor_and_crops_back():
         padded = F.pad(x.permute(0, 1, 4, 2, 3).flatten(0, 1), (0, 3, 0, 2), mode="replicate")
         padded = padded.unflatten(0, (2, 3)).permute(0, 1, 3, 4, 2)  # the 32 x 32 edge-repeated frames
         assert padded.shape == (2, 3, 32, 32, 1)
-        assert torch.allclose(moments, vae.moments(padded), atol=1e-6)
+        assert torch.allclose(moments, vae.moments(padded), atol=1e-5)  # (other memory layout: other rounding)
         mean, _ = vae.encode(x)
         assert mean.shape == (2, 3, 8, 8, 4) and vae.latent_size((30, 29)) == (8, 8)
         assert vae(x).shape == x.shape

@@ -35,6 +35,7 @@ from ...nn.layers import PatchMerging, PosEmbed
 from .config import AlignmentConfig
 from .layers import (
     AttentionPool,
+    GroupNorm,
     TimeEmbedding,
     TimeEmbedResBlock,
     check_shape,
@@ -86,7 +87,7 @@ class NoisyCuboidTransformerEncoder(nn.Module):
         last = self.mem_shapes[-1]
         tokens = math.prod(last[1:3]) if cfg.readout_seq else math.prod(last[:3])
         c = last[3]
-        self.out = nn.Sequential(nn.GroupNorm(min(c, 32), c), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm(min(c, 32), c), nn.SiLU(),
                                  AttentionPool(tokens, c, cfg.num_heads, cfg.out_channels))
         official_init(self)
 

@@ -29,7 +29,20 @@ from ...nn.cuboid import CuboidSelfAttention
 from ...nn.layers import Dropout, PatchMerging, PosEmbed, PositionwiseFFN, Upsample, merged_shape
 from ...nn.patterns import self_pattern
 
-__all__ = ["AttentionPool", "TimeEmbedResBlock", "TimeEmbedding", "official_init", "timestep_embedding"]
+__all__ = ["AttentionPool", "GroupNorm", "TimeEmbedResBlock", "TimeEmbedding", "official_init", "timestep_embedding"]
+
+
+class GroupNorm(nn.GroupNorm):
+    """:class:`torch.nn.GroupNorm` (same parameters and keys) that avoids a crash of torch's CPU
+    backward (a segfault, seen with torch 2.13): a channels-last input that does not require
+    grad, normalised with an affine weight that does (the data entering ``first_proj``, say).
+    Such an input is made contiguous first; every other input takes the usual path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and not x.requires_grad and self.weight is not None
+                and self.weight.requires_grad and torch.is_grad_enabled() and not x.is_contiguous()):
+            x = x.contiguous()
+        return super().forward(x)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -77,18 +90,16 @@ class TimeEmbedResBlock(nn.Module):
         out = out_channels or channels
         self.channels, self.out_channels = channels, out
         self.use_embed, self.use_scale_shift_norm = emb_channels is not None, use_scale_shift_norm
-        self.in_layers = nn.Sequential(nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(GroupNorm(_groups(channels), channels), nn.SiLU(),
                                        nn.Conv3d(channels, out, 3, padding=1))
         if emb_channels is not None:
             self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out if use_scale_shift_norm else out))
-        self.out_layers = nn.Sequential(nn.GroupNorm(_groups(out), out), nn.SiLU(), Dropout(dropout),
+        self.out_layers = nn.Sequential(GroupNorm(_groups(out), out), nn.SiLU(), Dropout(dropout),
                                         nn.Conv3d(out, out, 3, padding=1))
         self.skip_connection = nn.Identity() if out == channels else nn.Conv3d(channels, out, 1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        # (B, C, T, H, W) for the 3-D convolutions; contiguous, because torch 2.13's CPU GroupNorm
-        # backward crashes (segfault) on a channels-last input that does not require grad
-        x = x.permute(0, 4, 1, 2, 3).contiguous()
+        x = x.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W) views (channels-last strides: the fast CPU path)
         h = self.in_layers(x)
         if self.use_embed:
             if emb is None:
@@ -101,7 +112,7 @@ class TimeEmbedResBlock(nn.Module):
                 h = self.out_layers(h + e)
         else:
             h = self.out_layers(h)
-        return (self.skip_connection(x) + h).permute(0, 2, 3, 4, 1).contiguous()
+        return (self.skip_connection(x) + h).permute(0, 2, 3, 4, 1)
 
 
 class AttentionPool(nn.Module):

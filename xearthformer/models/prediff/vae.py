@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ...errors import ShapeError
 from .config import VAEConfig
+from .layers import GroupNorm
 
 __all__ = ["FrameVAE", "LOGVAR_RANGE", "sample_posterior", "split_moments"]
 
@@ -77,9 +78,9 @@ class ResnetBlock2D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=_EPS)
+        self.norm1 = GroupNorm(groups, in_channels, eps=_EPS)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=_EPS)
+        self.norm2 = GroupNorm(groups, out_channels, eps=_EPS)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nonlinearity = nn.SiLU()
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -117,7 +118,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, channels, eps=_EPS)
+        self.group_norm = GroupNorm(groups, channels, eps=_EPS)
         self.query = nn.Linear(channels, channels)
         self.key = nn.Linear(channels, channels)
         self.value = nn.Linear(channels, channels)
@@ -184,7 +185,7 @@ class Encoder(nn.Module):
             DownEncoderBlock2D(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, i < len(ch) - 1)
             for i in range(len(ch)))
         self.mid_block = MidBlock2D(ch[-1], g)
-        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=_EPS)
+        self.conv_norm_out = GroupNorm(g, ch[-1], eps=_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
@@ -206,7 +207,7 @@ class Decoder(nn.Module):
             UpDecoderBlock2D(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, i < len(ch) - 1)
             for i in range(len(ch)))
         self.mid_block = MidBlock2D(ch[0], g)
-        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=_EPS)
+        self.conv_norm_out = GroupNorm(g, ch[-1], eps=_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
 
@@ -220,11 +221,10 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------- the VAE
 
 def _frames(x: Tensor) -> Tensor:
-    """(N, T, H, W, C) -> (N * T, C, H, W), N-major like the official ``(N T)``; contiguous
-    (channels-first), as torch 2.13's CPU GroupNorm backward crashes on channels-last inputs
-    that do not require grad."""
+    """(N, T, H, W, C) -> (N * T, C, H, W), N-major like the official ``(N T)`` (a view with
+    channels-last strides: the convolutions' fast CPU path)."""
     n, t, h, w, c = x.shape
-    return x.reshape(n * t, h, w, c).permute(0, 3, 1, 2).contiguous()
+    return x.reshape(n * t, h, w, c).permute(0, 3, 1, 2)
 
 
 def _sequences(y: Tensor, n: int) -> Tensor:
