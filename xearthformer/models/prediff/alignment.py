@@ -91,7 +91,7 @@ class NoisyCuboidTransformerEncoder(nn.Module):
                                  AttentionPool(tokens, c, cfg.num_heads, cfg.out_channels))
         official_init(self)
 
-    def forward(self, z_t: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, z_t: Tensor, t: Tensor | int, context: Tensor | None = None) -> Tensor:
         """The predicted statistic, (N, out_len, out_channels) or (N, out_channels).
 
         ``context`` (N, context_len, h, w, c) is required when the network was built with

@@ -1,6 +1,6 @@
 """Parts shared by the PreDiff UNet and alignment network: the diffusion-time embedding, the
-time-conditioned 3-D convolutional residual block, the attention-pool readout, and the
-official initialisation.
+time-conditioned 3-D convolutional residual block, the attention-pool readout, the builders of
+their cuboid-attention levels, input checks, and the official initialisation.
 
 Module and parameter names follow the official code (``in_layers``, ``emb_layers``,
 ``out_layers``, ``skip_connection``, ``layer``, ``qkv_proj``...), so its state_dicts load as

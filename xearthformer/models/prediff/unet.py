@@ -107,7 +107,7 @@ class CuboidTransformerUNet(nn.Module):
             raise ShapeError(f"x_t and cond must have the same batch size, got {x_t.shape[0]} and {cond.shape[0]}")
         return with_indicator(cond.to(x_t.dtype), x_t)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor) -> Tensor:
         """Predicted noise (N, T_out, h, w, c) of ``x_t`` at diffusion times ``t`` given ``cond``."""
         cfg = self.config
         x = self.first_proj(self.assemble_input(x_t, cond))
