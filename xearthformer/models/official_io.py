@@ -116,3 +116,15 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 def cast_like(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with floating tensors in the expected dtypes and integer ones as int64."""
     return {k: (v.to(expected[k].dtype) if v.is_floating_point() else v.long()) for k, v in state.items()}
+
+
+def check_index_buffers(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """The relative-position index buffers are derived data: they must equal their formula
+    (a checkpoint built with other cuboid sizes would otherwise load and attend wrongly)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "relative_position_index"):
+            key = f"{name}.relative_position_index"
+            if not torch.equal(state[key].long(), module.relative_position_index):
+                raise CheckpointError(
+                    f"{key} holds other values than the official relative-position index of this layer; "
+                    "the checkpoint was built with a different cuboid size")

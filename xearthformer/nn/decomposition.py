@@ -14,8 +14,11 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,19 @@ from .patterns import CrossDecomposition, Decomposition
 
 PADDING_TYPES = ("zeros", "ignore", "nearest")
 Grid = tuple[int, int, int]
+_Fn = TypeVar("_Fn", bound=Callable)
+
+
+def _on_cpu(fn: _Fn) -> _Fn:
+    """Run ``fn`` with the CPU as default device: its result is cached, and one built under
+    ``with torch.device("meta")`` or ``torch.set_default_device(...)`` would be handed to every
+    later caller (a meta-built model would leave meta index buffers in the next real one)."""
+    @functools.wraps(fn)
+    def on_cpu(*args):  # noqa: ANN002, ANN202
+        with torch.device("cpu"):
+            return fn(*args)
+
+    return on_cpu  # type: ignore[return-value]
 
 
 def check_padding_type(padding_type: str) -> None:
@@ -112,6 +128,7 @@ def from_cuboids(x: Tensor, cuboid: Grid, strategy: tuple[str, ...], grid: Grid)
 
 @lru_cache(maxsize=512)
 @torch.inference_mode(False)  # cached tensors must stay usable by autograd after an inference call
+@_on_cpu
 def relative_position_index(extent: Grid, q_size: Grid, k_size: Grid) -> Tensor:
     """Index into a bias table of ``prod(2 * extent - 1)`` rows for each (query, key) pair.
 
@@ -149,6 +166,7 @@ def _valid_grid(grid: Grid, pads: Grid, time_left: bool = False) -> Tensor:
 
 @lru_cache(maxsize=256)
 @torch.inference_mode(False)
+@_on_cpu
 def self_attention_mask(grid: Grid, d: Decomposition, padding_type: str) -> Tensor | None:
     """Mask of one (clamped) self-attention decomposition over the unpadded ``grid``.
 
@@ -174,6 +192,7 @@ def self_attention_mask(grid: Grid, d: Decomposition, padding_type: str) -> Tens
 
 @lru_cache(maxsize=256)
 @torch.inference_mode(False)
+@_on_cpu
 def self_valid_keys(grid: Grid, d: Decomposition) -> Tensor:
     """(num_cuboids * volume,) bool: which reordered positions are real (not padding)."""
     pads = padding_amounts(grid, d.cuboid_size)
@@ -183,6 +202,7 @@ def self_valid_keys(grid: Grid, d: Decomposition) -> Tensor:
 
 @lru_cache(maxsize=256)
 @torch.inference_mode(False)
+@_on_cpu
 def cross_attention_mask(x_grid: Grid, mem_grid: Grid, d: CrossDecomposition, padding_type: str) -> Tensor | None:
     """Mask of one cross-attention decomposition; see :func:`self_attention_mask`."""
     n_t = d.n_temporal

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import CheckpointError, ConfigError
-from ..official_io import cast_like, check_state_dict, read_state_dict
+from ..official_io import cast_like, check_index_buffers, check_state_dict, read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...layout import DataSpec
@@ -50,17 +50,6 @@ OFFICIAL_PRESETS = ("sevir", "enso")
 #: the one part an official Earthformer checkpoint has (hub entries and the convert command)
 WEIGHTS = "weights"
 _HINT = "Is it an official Earthformer checkpoint of that preset?"
-
-
-def _check_index_buffers(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """The relative-position index buffers are derived data: they must equal their formula."""
-    for name, module in model.named_modules():
-        if hasattr(module, "relative_position_index"):
-            key = f"{name}.relative_position_index"
-            if not torch.equal(state[key].long(), module.relative_position_index):
-                raise CheckpointError(
-                    f"{key} holds other values than the official relative-position index of this layer; "
-                    "the checkpoint was built with a different cuboid size")
 
 
 def load_official(path_or_state_dict: str | os.PathLike[str] | Mapping[str, torch.Tensor],
@@ -97,7 +86,7 @@ def load_official(path_or_state_dict: str | os.PathLike[str] | Mapping[str, torc
     model = Earthformer.from_preset(preset)
     expected = model.state_dict()
     check_state_dict(state, expected, f"the official {preset!r} Earthformer", _HINT)
-    _check_index_buffers(model, state)
+    check_index_buffers(model, state)
     model.load_state_dict(cast_like(state, expected), strict=True)
     return model.eval()
 
