@@ -109,5 +109,37 @@ def _write_cli_help() -> None:
         (out / f"cli-{command or 'main'}.txt").write_text(buf.getvalue())
 
 
+def _defining_module_doc(name: str, obj: object) -> list[str] | None:
+    """The ``#:`` comment or docstring of constant ``name`` in the module that defines it.
+
+    Constants are documented where they are defined (e.g. ``metrics/categorical.py``) but
+    listed under the public module that re-exports them; autodoc only looks in the latter.
+    """
+    from sphinx.pycode import ModuleAnalyzer
+
+    short = name.rsplit(".", 1)[-1]
+    for module_name, module in sorted(sys.modules.items()):
+        if not module_name.startswith("xearthformer") or getattr(module, short, None) is not obj:
+            continue
+        try:
+            docs = ModuleAnalyzer.for_module(module_name).find_attr_docs()
+        except Exception:  # a module without source
+            continue
+        if ("", short) in docs:
+            return list(docs[("", short)])
+    return None
+
+
+def _constant_docstrings(app, what, name, obj, options, lines) -> None:
+    """Replace the docstring of the *type* of a constant (tuple, dict...) by the constant's own."""
+    if what not in ("data", "attribute") or type(obj).__module__ != "builtins":
+        return
+    lines[:] = _defining_module_doc(name, obj) or []
+
+
+def setup(app) -> None:
+    app.connect("autodoc-process-docstring", _constant_docstrings)
+
+
 _copy_tutorials()
 _write_cli_help()
