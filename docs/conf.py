@@ -75,7 +75,7 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "getting-started": [], "tutorials/*": []}
+html_sidebars = {"index": [], "getting-started": [], "cli": [], "benchmarks": [], "tutorials/*": []}
 html_show_sourcelink = False
 html_last_updated_fmt = None
 
