@@ -179,6 +179,7 @@ def test_registry_points_at_the_official_readme_urls():
             "weights": "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_icarenso2021.pt"},
     }
     assert all(v.family == "earthformer" for v in pre.REGISTRY.values())
+    assert pre.REGISTRY["earthformer-enso"].filenames == {"weights": "earthformer_icarenso2021.pt"}
 
 
 def test_package_attribute_is_the_function():

@@ -67,6 +67,11 @@ class Pretrained:
         """``{part: url}``."""
         return {part: url for part, (url, _, _) in self.files.items()}
 
+    @property
+    def filenames(self) -> dict[str, str]:
+        """``{part: filename in the cache}``."""
+        return {part: name for part, (_, name, _) in self.files.items()}
+
 
 def one_file(url: str, sha256: str | None, preset: str, description: str,
              family: str = "earthformer", part: str = "weights") -> Pretrained:
