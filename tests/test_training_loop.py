@@ -157,6 +157,27 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_resume_keeps_the_best_weights_when_killed_between_the_state_files(tmp_path):
+    # validation on negated targets: fitting the training data makes it worse, so the best
+    # epoch comes early and no later epoch replaces its weights
+    x, y = advection_data(20)
+    cfg = TrainConfig(epochs=4, batch_size=6, lr=5e-3, progress=False)
+
+    def run(ckdir, stop_after=None, resume=None):
+        torch.manual_seed(1)
+        return fit(TinyNet(), TensorSource(x, y), TensorSource(x, -y), cfg, checkpoint_dir=ckdir,
+                   resume=resume, on_epoch_end=(lambda e, *a: e >= stop_after) if stop_after else None)
+
+    full = run(tmp_path / "a")
+    assert full.best_epoch is not None and full.best_epoch <= 2
+    run(tmp_path / "b", stop_after=2)
+    (tmp_path / "b" / BEST_STATE).unlink()  # killed after last.pt was written, before best.pt
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.best_epoch == full.best_epoch
+    for a, b in zip(params(full.model), params(resumed.model)):
+        assert torch.equal(a, b)
+
+
 def test_early_stopping_stops_after_patience():
     x, y = advection_data(8)
     cfg = TrainConfig(epochs=10, batch_size=4, lr=0.0, min_lr_ratio=0.0, patience=2, progress=False)

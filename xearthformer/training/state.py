@@ -126,19 +126,24 @@ class RunProgress:
 def save_state(ckdir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, run: RunProgress, config: Any, is_best: bool,
                 ema: WeightsEMA | None = None) -> None:
-    """Write ``last.pt`` (everything resuming needs) and, after a best epoch, ``best.pt``."""
+    """Write ``best.pt`` after a best epoch, then ``last.pt`` (everything resuming needs).
+
+    ``last.pt`` carries the best weights too, so a job killed between the two writes still
+    resumes with the right best weights (``best.pt`` is the users' copy of them).
+    """
     ckdir.mkdir(parents=True, exist_ok=True)
+    if is_best:
+        _atomic_save({"format": "xearthformer-best-weights", "model": run.best_state,
+                      "epoch": run.epoch, "val_loss": run.best}, ckdir / BEST_STATE)
     state = {"format": "xearthformer-train-state", "version": STATE_VERSION,
              "model": _state_dict_cpu(model), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler.is_enabled() else {},
              "history": run.history, "epoch": run.epoch, "step": run.step, "best": run.best,
-             "best_epoch": run.best_epoch, "bad_epochs": run.bad, "config": config.to_dict()}
+             "best_epoch": run.best_epoch, "bad_epochs": run.bad, "config": config.to_dict(),
+             "best_model": run.best_state}
     if ema is not None:
         state["ema"] = ema.state_dict()
     _atomic_save(state, ckdir / LAST_STATE)
-    if is_best:
-        _atomic_save({"format": "xearthformer-best-weights", "model": run.best_state,
-                      "epoch": run.epoch, "val_loss": run.best}, ckdir / BEST_STATE)
 
 
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -158,7 +163,9 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     run = RunProgress(history={k: list(v) for k, v in state["history"].items()},
                     epoch=int(state["epoch"]), step=int(state["step"]), best=float(state["best"]),
                     best_epoch=state["best_epoch"], bad=int(state["bad_epochs"]))
-    if (path.parent / BEST_STATE).is_file():
+    if state.get("best_model") is not None:
+        run.best_state = state["best_model"]
+    elif (path.parent / BEST_STATE).is_file():  # a last.pt written before it carried the best weights
         run.best_state = torch.load(path.parent / BEST_STATE, map_location="cpu", weights_only=True)["model"]
     ignore = ("progress",)
     saved = {**type(config)().to_dict(), **state["config"]}  # fields added since keep their defaults
