@@ -20,6 +20,7 @@ from .dataview import as_dataset, channel_data, extra_dims, require_vars, time_v
 from .grid import grid_from
 from .spec import CALENDAR_FEATURES, KEPT_ATTRS, NORMALIZATIONS, Channel, DataSpec, jsonable
 from .timeaxis import infer_step
+from .validation import check_finite
 
 
 def _names(value: str | Sequence[str] | None) -> list[str]:
@@ -78,18 +79,22 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
         reduce_dims = [d for d in da.dims if d not in (ax.y, ax.x)]
         stats[f"{name}/count"] = da.count()
         stats[f"{name}/nan_cells"] = da.isnull().all(reduce_dims)
+        # min/max of every channel: the training range forecasts are checked against, and
+        # the test for infinities and fill values before they reach a normalisation constant
+        stats[f"{name}/min"] = da.min()
+        stats[f"{name}/max"] = da.max()
         if ch.method == "zscore":
             stats[f"{name}/mean"] = da.mean()
             stats[f"{name}/std"] = da.std()
-        elif ch.method == "minmax":
-            stats[f"{name}/min"] = da.min()
-            stats[f"{name}/max"] = da.max()
         elif ch.method == "anomaly":
             months = da[ax.time].dt.month
             clim = da.groupby(months).mean([d for d in reduce_dims])
             climatologies[name] = clim
             stats[f"{name}/clim"] = clim.rename(month="clim_month")
-            stats[f"{name}/std"] = (da.groupby(months) - clim).std()
+            anomalies = da.groupby(months) - clim
+            stats[f"{name}/std"] = anomalies.std()
+            stats[f"{name}/anomaly_min"] = anomalies.min()
+            stats[f"{name}/anomaly_max"] = anomalies.max()
     computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords))
                            for k, v in stats.items()}).compute()
 
@@ -105,6 +110,8 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
                 f"{name} is all NaN in the fitting period {period!r}. Fix: choose another "
                 "period/variable or fill the missing values."
             )
+        low, high = float(stat(name, "min")), float(stat(name, "max"))
+        check_finite(np.array([low, high]), f"the training data of {name!r} (period {period!r})")
         offset, scale = ch.offset, ch.scale
         if ch.method == "zscore":
             offset, scale = float(stat(name, "mean")), float(stat(name, "std"))
@@ -124,9 +131,21 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
             offset, scale = 0.0, float(stat(name, "std"))
         elif ch.method == "none":
             offset, scale = 0.0, 1.0
-        if not np.isfinite(scale) or scale <= 0:
+        if not (np.isfinite(offset) and np.isfinite(scale)):
+            raise DataError(
+                f"the normalisation constants of {name!r} are not finite (offset {offset}, scale "
+                f"{scale}): its training values ({low:g} .. {high:g}) overflow float arithmetic. "
+                "Fix: check the data for undecoded fill values or wrong units; store it as float64 "
+                "if such magnitudes are real."
+            )
+        if scale <= 0:
             scale = 1.0  # a constant field: keep values, only shift them
-        final[name] = Channel(ch.variable, ch.level, ch.method, offset, scale, ch.attrs)
+        if ch.method == "anomaly":
+            bounds = (float(stat(name, "anomaly_min")) / scale, float(stat(name, "anomaly_max")) / scale)
+        else:
+            bounds = ((low - offset) / scale, (high - offset) / scale)
+        final[name] = Channel(ch.variable, ch.level, ch.method, offset, scale, ch.attrs,
+                              range=(min(bounds), max(bounds)))
         land[name] = stat(name, "nan_cells").astype(bool)
 
     return final, clim_arrays, land

@@ -19,6 +19,7 @@ from .axes import Axes, XArray, find_axes
 from .dataview import as_dataset, time_values
 from .spec import DataSpec
 from .timeaxis import format_time, infer_step
+from .validation import check_calendar, init_labels
 
 
 def check_step(times: np.ndarray, spec: DataSpec) -> None:
@@ -73,12 +74,14 @@ def init_times(obj: XArray, spec: DataSpec, init: Any = None, targets: bool = Fa
             "Fix: pass a longer record."
         )
     check_step(times, spec)
+    check_calendar(str(ds[ax.time].dt.calendar), spec)
     first, last = spec.context - 1, n - 1 - (spec.lead if targets else 0)
     if init is None:
         return times[first:last + 1]
+    init = init_labels(init)  # datetime.date -> midnight; time-zone aware -> refused
     try:
         chosen = np.atleast_1d(ds[ax.time].sel({ax.time: init}).values)
-    except KeyError as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise DataError(
             f"init time(s) {init!r} not found on the time axis, which runs from "
             f"{format_time(times[0])} to {format_time(times[-1])}. Fix: pick times present in the data."
