@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: imports allowed between units of one layer (importer -> imported)
 BESIDE: set[tuple[str, str]] = {
     ("training", "checkpoint"),   # training writes bundles as it goes
+    ("forecast", "checkpoint"),   # forecasts carry the digest of the bundle that made them
     ("evaluate", "hub"),          # evaluate accepts pretrained names
     ("__init__", "accessor"),     # importing the package registers the accessor
     ("__main__", "cli"),

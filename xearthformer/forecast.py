@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,8 @@ import numpy as np
 import xarray as xr
 
 from . import cf, layout
-from .errors import ConfigError, DataError, ModelTypeError, ShapeError
+from .errors import ConfigError, DataError, ModelTypeError, ShapeError, XEarthformerWarning
+from .layout.validation import DEFAULT_RANGE_MARGIN
 from .models.base import Forecaster, check_forecaster, is_stochastic
 from .models.keys import make_keys, member_indices
 
@@ -54,6 +56,8 @@ FORECAST_MEMBERS = 8
 ENSEMBLE_MEMBERS = 16
 #: the variables' ``cell_methods`` of a forecast that is an ensemble mean
 ENSEMBLE_MEAN = "realization: mean"
+#: global attribute of every forecast: the ``bundle_sha256`` of the bundle that made it
+DIGEST_ATTR = "xearthformer_bundle_sha256"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +303,7 @@ def forecast(
     chunk: int | None = None,
     progress: bool | None = None,
     source: str | None = None,
+    range_margin: float | None = DEFAULT_RANGE_MARGIN,
     **sampling: Any,
 ) -> xr.Dataset:
     """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
@@ -332,6 +337,11 @@ def forecast(
         through Dask's diagnostics (``dask.diagnostics.ProgressBar``, the dashboard).
     source : str, optional
         Global ``source`` attribute (default names xearthformer and its version).
+    range_margin : float or None
+        Inputs outside the training min/max widened by this many times its width on each side
+        are refused (default ``DEFAULT_RANGE_MARGIN`` = 1; see
+        :func:`xearthformer.layout.validation.check_range`): fill values and data in other
+        units do not pass, real extremes do. None skips the check.
     **sampling
         The family's sampling options (stochastic families).
 
@@ -341,7 +351,9 @@ def forecast(
         CF-1.8 forecast (see :func:`xearthformer.cf.to_cf`): one variable per target, dims
         ``(init_time, lead_time, ..., y, x)``, 2-D ``valid_time``; chunked over ``init_time``
         when ``obj`` is Dask-backed, and then nothing is computed until asked. An ensemble
-        mean's variables carry ``cell_methods = "realization: mean"``.
+        mean's variables carry ``cell_methods = "realization: mean"``; the global attribute
+        ``xearthformer_bundle_sha256`` names the bundle that made it
+        (:func:`xearthformer.checkpoint.bundle_digest`).
 
     Raises
     ------
@@ -350,7 +362,8 @@ def forecast(
     ConfigError
         ``lead`` out of range; ``members`` for a deterministic family.
     DataError
-        From :mod:`xearthformer.layout` (missing variables, wrong grid or step, no context).
+        From :mod:`xearthformer.layout` (missing variables, wrong grid or step, no context,
+        wrong units, infinite or fill values, inputs outside the training range).
 
     Examples
     --------
@@ -366,14 +379,14 @@ def forecast(
             raise ConfigError(f"members={members!r}: {type(fc.model).__name__} is deterministic (one "
                               "forecast per input); drop members.")
         plan = _Members(sampling=sampling)
-    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin)
     history = f"forecast with xearthformer.forecast (lead {n_lead} steps of {fc.spec.step})"
     if plan.mean:
         for name in out.data_vars:
             out[name].attrs["cell_methods"] = ENSEMBLE_MEAN
         history = (f"forecast with xearthformer.forecast: mean of {plan.indices.size} members "
                    f"(seed {plan.seed}), lead {n_lead} steps of {fc.spec.step}")
-    return cf.to_cf(out, source=source, like=obj, history=history)
+    return _stamped(cf.to_cf(out, source=source, like=obj, history=history), fc)
 
 
 def ensemble(
@@ -389,6 +402,7 @@ def ensemble(
     chunk: int | None = None,
     progress: bool | None = None,
     source: str | None = None,
+    range_margin: float | None = DEFAULT_RANGE_MARGIN,
     **sampling: Any,
 ) -> xr.Dataset:
     """An ensemble forecast from labelled data (stochastic families); lazy on Dask input.
@@ -408,7 +422,7 @@ def ensemble(
         A count (members 0..members-1, default ``ENSEMBLE_MEMBERS`` = 16) or member indices.
     seed : int
         Seed of the ensemble: other seeds give other, independent members.
-    init, lead, batch_size, device, chunk, progress, source, **sampling
+    init, lead, batch_size, device, chunk, progress, source, range_margin, **sampling
         As for :func:`forecast`.
 
     Returns
@@ -444,31 +458,58 @@ def ensemble(
             "collide with. Fix: rename it first, e.g. ds.rename(member=\"input_member\"); each "
             "input member is then forecast as its own sample.")
     plan = _Members(member_indices(members), _seed(seed), mean=False, sampling=sampling)
-    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin)
     history = (f"ensemble of {plan.indices.size} members (seed {plan.seed}) with "
                f"xearthformer.forecast.ensemble (lead {n_lead} steps of {fc.spec.step})")
-    return cf.to_cf(out, source=source, like=obj, history=history)
+    return _stamped(cf.to_cf(out, source=source, like=obj, history=history), fc)
+
+
+def _stamped(out: xr.Dataset, fc: Forecaster) -> xr.Dataset:
+    """``out`` with the digest of the bundle that made it (one global attribute)."""
+    from .checkpoint import bundle_digest
+
+    out.attrs[DIGEST_ATTR] = bundle_digest(fc)
+    return out
+
+
+def _range_margin(margin: Any, fc: Forecaster) -> float | None:
+    """The checked margin; a warning (once per call) when the spec has no training ranges."""
+    if margin is None:
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(margin) or margin < 0:
+        raise ConfigError(f"range_margin must be a number >= 0 (a multiple of the training range) "
+                          f"or None to skip the range check; got {margin!r}.")
+    missing = [c.name for c in fc.spec.inputs if c.range is None]
+    if missing:
+        warnings.warn(
+            f"the model's spec stores no training range for {missing} (a bundle from before "
+            "xearthformer kept ranges: format 1): the range check is skipped for them, so inputs "
+            "in other units or with fill values are not caught there. Fix: retrain, or re-fit the "
+            "spec on the training data.", XEarthformerWarning, stacklevel=3)
+    return float(margin)
 
 
 def _labelled(obj: xr.Dataset | xr.DataArray, fc: Forecaster, init: Any, lead: int | None,
               batch_size: int | None, device: Any, chunk: int | None, progress: bool | None,
-              plan: _Members) -> tuple[xr.Dataset, int]:
+              plan: _Members, range_margin: Any = DEFAULT_RANGE_MARGIN) -> tuple[xr.Dataset, int]:
     """The decoded (not yet CF-encoded) forecast, eager or lazy, and its number of leads."""
     n_lead = _n_leads(lead, fc)
+    margin = _range_margin(range_margin, fc)
     inits = layout.init_times(obj, fc.spec, init)
     if len(inits) == 0:
         raise DataError(f"no init time selected by init={init!r}; expected at least one.")
     if layout.is_lazy(obj, names=fc.spec.variables):
-        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan), n_lead
-    return _predict_decode(obj, fc, inits, n_lead, batch_size, device, progress, plan), n_lead
+        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan, margin), n_lead
+    return _predict_decode(obj, fc, inits, n_lead, batch_size, device, progress, plan, margin), n_lead
 
 
 def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
                     batch_size: int | None, device: Any, progress: bool | None,
-                    plan: _Members) -> xr.Dataset:
+                    plan: _Members, range_margin: float | None = None) -> xr.Dataset:
     """Encode the windows of ``inits``, run the network, decode: one eager forecast or one
     Dask task's share of a lazy one."""
-    x = layout.encode_inputs(data, fc.spec, inits)
+    x = layout.encode_inputs(data, fc.spec, inits, range_margin=range_margin)
     keys = None
     if plan.indices is not None:
         per_init = x.shape[0] // len(inits)  # samples along the input's extra dims
@@ -535,16 +576,18 @@ def _join_lazy(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
 def _predict_chunk(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
                    layout_of: dict[Hashable, Any], forecaster: Forecaster, inits: np.ndarray,
                    n_lead: int, batch_size: int | None, device: Any, plan: _Members,
-                   dims: dict[Hashable, tuple[Hashable, ...]]) -> dict[Hashable, np.ndarray]:
+                   dims: dict[Hashable, tuple[Hashable, ...]], range_margin: float | None = None
+                   ) -> dict[Hashable, np.ndarray]:
     """One Dask task: the context windows of ``inits`` (already loaded) -> decoded values."""
     _configure_worker_threads()
     data = _join_lazy(skeleton, arrays, layout_of)
-    out = _predict_decode(data, forecaster, inits, n_lead, batch_size, device, False, plan)
+    out = _predict_decode(data, forecaster, inits, n_lead, batch_size, device, False, plan, range_margin)
     return {name: np.asarray(out[name].transpose(*d).values) for name, d in dims.items()}
 
 
 def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
-                   batch_size: int | None, device: Any, chunk: int | None, plan: _Members) -> xr.Dataset:
+                   batch_size: int | None, device: Any, chunk: int | None, plan: _Members,
+                   range_margin: float | None = None) -> xr.Dataset:
     import dask
     import dask.array as da
 
@@ -572,7 +615,7 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
         skeleton, arrays = _split_lazy(window)
         layout_of = {n: (window[n].dims, dict(window[n].attrs), n in window.coords) for n in arrays}
         task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
-                                            batch_size, device, plan, dims,
+                                            batch_size, device, plan, dims, range_margin,
                                             dask_key_name=f"xearthformer-forecast-{token}-{i}")
         for name, d in dims.items():
             shape = tuple(len(group) if dim == "init_time" else template.sizes[dim] for dim in d)
