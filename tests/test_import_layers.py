@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xearthformer"
 #: (``diffusion`` before the PreDiff issues) is simply empty.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground: errors and version", ("_version", "errors")),
-    ("ground: devices, processes, progress bars", ("device", "progress", "parallel")),
+    ("ground: devices, processes, memory, progress bars", ("device", "progress", "parallel", "memory")),
     ("tensors and labels", ("nn", "diffusion", "layout", "data")),
     ("encodings and scores", ("cf", "metrics")),
     ("model families", ("models",)),

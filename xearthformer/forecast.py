@@ -28,6 +28,7 @@ are :mod:`xearthformer.archive`'s job. The labelled <-> tensor conversion is
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import uuid
@@ -152,13 +153,13 @@ def predict_tensor(
     import torch
 
     from .device import resolve_device
+    from .memory import is_out_of_memory
     from .progress import progress_bar
 
     module = _torch_module(forecaster)
     dev = resolve_device(device)
     n = int(x.shape[0])
-    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    if bs < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
     if n == 0:
         raise DataError("predict_tensor got no samples (N = 0); expected at least one input window.")
@@ -176,27 +177,35 @@ def predict_tensor(
                 "xearthformer.forecast.ensemble / forecast on labelled data.")
         k = _keys_array(keys, n)
         rows = np.repeat(np.arange(n), k.shape[1])
-        cols = np.tile(np.arange(k.shape[1]), n)
-        batches = [(rows[i:i + bs], cols[i:i + bs]) for i in range(0, rows.size, bs)]
+        cols: np.ndarray | None = np.tile(np.arange(k.shape[1]), n)
         members = k.shape[1]
     else:
-        batches = [(np.arange(i, min(i + bs, n)), None) for i in range(0, n, bs)]
-        members = 1
+        rows, cols, members = np.arange(n), None, 1
+    bs = plan_inference(module, tuple(x.shape[1:]), rows.size, members, batch_size, dev).batch_size
     was_training = module.training
     module.eval()
     module.to(dev)
     out: np.ndarray | None = None
+    bar = progress_bar(total=rows.size, progress=progress, desc="forecast", unit="sample")
     try:
         with torch.inference_mode():
-            for r, c in progress_bar(batches, progress=progress, total=len(batches), desc="forecast",
-                                     unit="batch"):
+            i = 0
+            while i < rows.size:
+                r = rows[i:i + bs]
+                c = None if cols is None else cols[i:i + bs]
                 xb = _rows(x, r) if c is not None else x[int(r[0]):int(r[-1]) + 1]
                 xb = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
                 xb = xb.to(device=dev, dtype=torch.float32)
-                if c is None:
-                    yb = run(xb, **sampling)
-                else:
-                    yb = run(xb, keys=torch.from_numpy(k[r, c][:, None]), **sampling)
+                try:
+                    if c is None:
+                        yb = run(xb, **sampling)
+                    else:
+                        yb = run(xb, keys=torch.from_numpy(k[r, c][:, None]), **sampling)
+                except Exception as err:  # noqa: BLE001 - only allocation failures are handled
+                    if not is_out_of_memory(err):
+                        raise
+                    bs = _halved(bs, len(r), dev, err)
+                    continue
                 yb = _checked(yb, len(r), module)
                 if out is None:
                     out = np.empty((n, members, *yb.shape[2:]), dtype=np.float32)
@@ -205,11 +214,65 @@ def predict_tensor(
                     out[r] = values
                 else:
                     out[r, c] = values[:, 0]
+                i += len(r)
+                bar.update(len(r))
     finally:
+        bar.close()
         if was_training:
             module.train()
     assert out is not None
     return out
+
+
+def plan_inference(module: Any, input_shape: tuple[int, ...], items: int, members: int = 1,
+                   batch_size: int | None = None, device: Any = None) -> Any:
+    """The memory plan of :func:`predict_tensor`: ``items`` samples (or (sample, member)
+    pairs) of ``input_shape`` through ``module`` on ``device``
+    (:func:`xearthformer.memory.plan_batch`). Per item: the network's activations
+    (:func:`xearthformer.memory.activation_bytes`) and the batch's input and output copies;
+    fixed: the output array (host) and, on an accelerator the weights are not on yet, the
+    weights.
+
+    Raises
+    ------
+    ConfigError
+        Not even one item fits, or ``batch_size`` does not (the message names the largest
+        batch that does).
+    """
+    from .memory import activation_bytes, plan_batch
+
+    out_shape = tuple(getattr(getattr(module, "config", None), "target_shape", input_shape))
+    per_item = activation_bytes(module, input_shape, out_shape) + 8 * (math.prod(input_shape)
+                                                                       + math.prod(out_shape))
+    out_bytes = 4 * (items // max(1, members)) * members * math.prod(out_shape)
+    on_device = getattr(device, "type", "cpu") != "cpu"
+    fixed = out_bytes
+    if on_device:
+        elsewhere = [p for p in module.parameters() if p.device.type != device.type
+                     or (device.index is not None and p.device.index != device.index)]
+        fixed = sum(p.numel() * p.element_size() for p in elsewhere)
+    return plan_batch(per_item, items=items, fixed=fixed, requested=batch_size,
+                      default=DEFAULT_BATCH_SIZE, device=device if on_device else None,
+                      what="(sample, member) pairs" if members > 1 else "samples",
+                      fixes="Other fixes: fewer init times per chunk (chunk=, --chunk), fewer "
+                            "members per block (--member-block), or device='cpu'.")
+
+
+def _halved(bs: int, tried: int, device: Any, err: BaseException) -> int:
+    """The batch size after an out-of-memory error with a batch of ``tried`` (half of it)."""
+    if tried <= 1:
+        raise ConfigError(
+            f"out of memory on {device} with a single sample per model call ({str(err).splitlines()[0]}). "
+            "Fix: run on another device (device='cpu'), free memory used by other processes, or "
+            "forecast a smaller grid.") from err
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    new = max(1, min(bs, tried) // 2)
+    warnings.warn(f"out of memory on {device} with {tried} samples per model call; retrying with {new}.",
+                  XEarthformerWarning, stacklevel=3)
+    return new
 
 
 def _plain_predict(module: Any) -> Any:
@@ -509,6 +572,7 @@ def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.n
                     plan: _Members, range_margin: float | None = None) -> xr.Dataset:
     """Encode the windows of ``inits``, run the network, decode: one eager forecast or one
     Dask task's share of a lazy one."""
+    _check_chunk_memory(data, fc, inits, n_lead, plan)
     x = layout.encode_inputs(data, fc.spec, inits, range_margin=range_margin)
     keys = None
     if plan.indices is not None:
@@ -521,6 +585,32 @@ def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.n
         y = y.mean(axis=1, keepdims=True)
     members = None if plan.mean or plan.indices is None else plan.indices
     return layout.decode(y, fc.spec, inits, lead=n_lead, like=data, members=members)
+
+
+def chunk_bytes(spec: Any, n_samples: int, members: int = 1, n_lead: int | None = None) -> int:
+    """Host memory a forecast chunk of ``n_samples`` samples x ``members`` holds at once besides
+    the model calls (:func:`plan_inference`): its input windows while they are encoded (16 B per
+    value: raw, float64 and float32 copies) and its outputs while they are decoded (20 B per
+    value: the model's float32, a reordered copy, the float64 de-normalisation, the result).
+
+    >>> chunk_bytes(spec, 8, members=4)                       # doctest: +SKIP
+    """
+    lead = spec.lead if n_lead is None else n_lead
+    inputs = n_samples * math.prod(spec.input_shape)
+    outputs = n_samples * members * lead * math.prod(spec.target_shape[1:])
+    return 16 * inputs + 20 * outputs
+
+
+def _check_chunk_memory(data: Any, fc: Forecaster, inits: np.ndarray, n_lead: int, plan: _Members) -> None:
+    from .memory import check_fits
+
+    per_init = int(np.prod([c.size for c in layout.sample_dims(data, fc.spec).values()] or [1]))
+    members = 1 if plan.indices is None else int(plan.indices.size)
+    n = len(inits) * per_init
+    check_fits(chunk_bytes(fc.spec, n, members, n_lead),
+               what=f"a forecast chunk of {len(inits)} init time(s) x {per_init} sample(s) x {members} member(s)",
+               fixes="forecast fewer init times at once (init=..., or Dask input with chunk=N / --chunk N), "
+                     "fewer members at once (members=[...] in blocks, --member-block B), or fewer leads (lead=).")
 
 
 # -- the lazy path -----------------------------------------------------------------------------
