@@ -28,6 +28,7 @@ are :mod:`xearthformer.archive`'s job. The labelled <-> tensor conversion is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -466,6 +467,7 @@ def ensemble(
     progress: bool | None = None,
     source: str | None = None,
     range_margin: float | None = DEFAULT_RANGE_MARGIN,
+    member_chunk: int | None = None,
     **sampling: Any,
 ) -> xr.Dataset:
     """An ensemble forecast from labelled data (stochastic families); lazy on Dask input.
@@ -487,6 +489,10 @@ def ensemble(
         Seed of the ensemble: other seeds give other, independent members.
     init, lead, batch_size, device, chunk, progress, source, range_margin, **sampling
         As for :func:`forecast`.
+    member_chunk : int, optional
+        Lazy input only: members per task (and per ``member`` chunk of the result), so a task
+        holds ``chunk`` init times x ``member_chunk`` members, not the whole ensemble, in
+        memory. Default: all members in one task.
 
     Returns
     -------
@@ -521,7 +527,8 @@ def ensemble(
             "collide with. Fix: rename it first, e.g. ds.rename(member=\"input_member\"); each "
             "input member is then forecast as its own sample.")
     plan = _Members(member_indices(members), _seed(seed), mean=False, sampling=sampling)
-    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin,
+                            member_chunk)
     history = (f"ensemble of {plan.indices.size} members (seed {plan.seed}) with "
                f"xearthformer.forecast.ensemble (lead {n_lead} steps of {fc.spec.step})")
     return _stamped(cf.to_cf(out, source=source, like=obj, history=history), fc)
@@ -555,7 +562,8 @@ def _range_margin(margin: Any, fc: Forecaster) -> float | None:
 
 def _labelled(obj: xr.Dataset | xr.DataArray, fc: Forecaster, init: Any, lead: int | None,
               batch_size: int | None, device: Any, chunk: int | None, progress: bool | None,
-              plan: _Members, range_margin: Any = DEFAULT_RANGE_MARGIN) -> tuple[xr.Dataset, int]:
+              plan: _Members, range_margin: Any = DEFAULT_RANGE_MARGIN,
+              member_chunk: int | None = None) -> tuple[xr.Dataset, int]:
     """The decoded (not yet CF-encoded) forecast, eager or lazy, and its number of leads."""
     n_lead = _n_leads(lead, fc)
     margin = _range_margin(range_margin, fc)
@@ -563,7 +571,8 @@ def _labelled(obj: xr.Dataset | xr.DataArray, fc: Forecaster, init: Any, lead: i
     if len(inits) == 0:
         raise DataError(f"no init time selected by init={init!r}; expected at least one.")
     if layout.is_lazy(obj, names=fc.spec.variables):
-        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan, margin), n_lead
+        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan, margin,
+                              member_chunk), n_lead
     return _predict_decode(obj, fc, inits, n_lead, batch_size, device, progress, plan, margin), n_lead
 
 
@@ -675,9 +684,19 @@ def _predict_chunk(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
     return {name: np.asarray(out[name].transpose(*d).values) for name, d in dims.items()}
 
 
+def _member_blocks(plan: _Members, member_chunk: int | None) -> list[_Members]:
+    """The plan split into blocks of at most ``member_chunk`` members (one task each)."""
+    if plan.mean or plan.indices is None or member_chunk is None:
+        return [plan]
+    if isinstance(member_chunk, bool) or not isinstance(member_chunk, (int, np.integer)) or member_chunk < 1:
+        raise ConfigError(f"member_chunk must be a positive number of members per task, got {member_chunk!r}.")
+    return [dataclasses.replace(plan, indices=plan.indices[j:j + int(member_chunk)])
+            for j in range(0, plan.indices.size, int(member_chunk))]
+
+
 def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
                    batch_size: int | None, device: Any, chunk: int | None, plan: _Members,
-                   range_margin: float | None = None) -> xr.Dataset:
+                   range_margin: float | None = None, member_chunk: int | None = None) -> xr.Dataset:
     import dask
     import dask.array as da
 
@@ -687,13 +706,15 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
         obj = obj.to_dataset(name=name)
     time_dim = find_time_dim(obj)
     data = obj[spec.variables]
-    # structure (names, dims, coords, attrs) from one init decoded from zeros
+    # structure (names, dims, coords, attrs) from one init (and one member) decoded from zeros
     n_samples = int(np.prod([v.size for v in layout.sample_dims(data, spec).values()] or [1]))
     members = None if plan.mean or plan.indices is None else plan.indices
-    m_axis = () if members is None else (members.size,)
+    m_axis = () if members is None else (1,)
     zeros = np.zeros((n_samples, *m_axis, n_lead, *spec.grid.shape, spec.n_targets), np.float32)
-    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data, members=members)
+    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data,
+                             members=None if members is None else members[:1])
     dims = {name: template[name].dims for name in template.data_vars}
+    blocks = _member_blocks(plan, member_chunk)
 
     token = uuid.uuid4().hex
     # one graph key holds the bundle: distributed sends it to each worker once
@@ -704,18 +725,27 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
         window = data.isel({time_dim: layout.required_time_slice(data, spec, group)})
         skeleton, arrays = _split_lazy(window)
         layout_of = {n: (window[n].dims, dict(window[n].attrs), n in window.coords) for n in arrays}
-        task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
-                                            batch_size, device, plan, dims, range_margin,
-                                            dask_key_name=f"xearthformer-forecast-{token}-{i}")
+        row: dict[Hashable, list[Any]] = {name: [] for name in dims}
+        for j, block in enumerate(blocks):
+            tag = f"{i}" if len(blocks) == 1 else f"{i}-{j}"
+            task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
+                                                batch_size, device, block, dims, range_margin,
+                                                dask_key_name=f"xearthformer-forecast-{token}-{tag}")
+            for name, d in dims.items():
+                shape = tuple(len(group) if dim == "init_time" else
+                              block.indices.size if dim == "member" else template.sizes[dim] for dim in d)
+                row[name].append(da.from_delayed(task[name], shape=shape, dtype=template[name].dtype,
+                                                 name=f"xearthformer-{name}-{token}-{tag}"))
         for name, d in dims.items():
-            shape = tuple(len(group) if dim == "init_time" else template.sizes[dim] for dim in d)
-            parts[name].append(da.from_delayed(task[name], shape=shape, dtype=template[name].dtype,
-                                               name=f"xearthformer-{name}-{token}-{i}"))
+            parts[name].append(row[name][0] if len(blocks) == 1 else
+                               da.concatenate(row[name], axis=d.index("member")))
 
     coords = layout.time_coords(inits, spec.step, n_lead)
     base = template.drop_vars([c for c in template.coords if "init_time" in template[c].dims])
-    out = xr.Dataset(coords=base.coords, attrs=template.attrs)
+    out = xr.Dataset(coords=base.drop_vars("member", errors="ignore").coords, attrs=template.attrs)
     out = out.assign_coords(init_time=coords["init_time"])
+    if members is not None:
+        out = out.assign_coords(member=xr.DataArray(members, dims="member", attrs=dict(layout.MEMBER_ATTRS)))
     for name, d in dims.items():
         out[name] = xr.Variable(d, da.concatenate(parts[name], axis=d.index("init_time")),
                                 template[name].attrs)
