@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 BESIDE: set[tuple[str, str]] = {
     ("training", "checkpoint"),   # training writes bundles as it goes
     ("forecast", "checkpoint"),   # forecasts carry the digest of the bundle that made them
+    ("data", "layout"),           # archive files pass the one validation (their grids)
     ("evaluate", "hub"),          # evaluate accepts pretrained names
     ("__init__", "accessor"),     # importing the package registers the accessor
     ("__main__", "cli"),

@@ -8,6 +8,7 @@ land masks, static inputs and the grid.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,8 +96,10 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
             stats[f"{name}/std"] = anomalies.std()
             stats[f"{name}/anomaly_min"] = anomalies.min()
             stats[f"{name}/anomaly_max"] = anomalies.max()
-    computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords))
-                           for k, v in stats.items()}).compute()
+    with warnings.catch_warnings():  # inf or huge values overflow here; they are refused below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords))
+                               for k, v in stats.items()}).compute()
 
     def stat(name: str, key: str) -> np.ndarray:
         return np.asarray(computed[f"{name}__{key}"].values)

@@ -39,6 +39,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import DataError
@@ -368,14 +369,10 @@ def _init_label(value: Any) -> Any:
     tz = _tz(value)
     if tz is None and isinstance(value, str) and any(c in value[10:] for c in "+Z") and value[:1].isdigit():
         try:
-            import pandas as pd
-
             tz = pd.Timestamp(value).tzinfo
         except (ValueError, TypeError):
             tz = None
     if tz is not None:
-        import pandas as pd
-
         utc = pd.Timestamp(value).tz_convert("UTC").tz_localize(None)
         raise DataError(
             f"init time {value!r} is time-zone aware; the data's time axis carries no zone (CF: "
@@ -398,8 +395,8 @@ def init_labels(init: Any) -> Any:
     if isinstance(init, slice):
         return slice(_init_label(init.start) if init.start is not None else None,
                      _init_label(init.stop) if init.stop is not None else None, init.step)
-    if getattr(init, "tz", None) is not None:  # a tz-aware DatetimeIndex
-        return _init_label(init[0]) if len(init) else init
+    if isinstance(init, pd.DatetimeIndex):
+        return [_init_label(v) for v in init] if init.tz is not None else init
     if isinstance(init, (list, tuple)):
         return [_init_label(v) for v in init]
     if isinstance(init, np.ndarray) and init.dtype.kind == "O":

@@ -104,6 +104,8 @@ def split_by_time(ds: xr.Dataset, val: Any = "auto", time: str | None = None,
     n = ds.sizes[time]
     if isinstance(val, str) and val == "auto":
         start = _auto_start(n, window)
+        if start is None and window is not None and n < window:  # not even one window: the
+            return TimeSplit(ds, None, _period(ds, time, 0, n), None)  # spec fit says so
         if start is None:
             warnings.warn(
                 f"the record has {n} time steps: too few for a training and a validation window "
