@@ -58,6 +58,8 @@ FORECAST_MEMBERS = 8
 ENSEMBLE_MEMBERS = 16
 #: the variables' ``cell_methods`` of a forecast that is an ensemble mean
 ENSEMBLE_MEAN = "realization: mean"
+#: most tasks (init-time chunks x member blocks) a lazy forecast may be split into
+MAX_TASKS = 100_000
 #: global attribute of every forecast: the ``bundle_sha256`` of the bundle that made it
 DIGEST_ATTR = "xearthformer_bundle_sha256"
 
@@ -610,14 +612,16 @@ def chunk_bytes(spec: Any, n_samples: int, members: int = 1, n_lead: int | None 
     return 16 * inputs + 20 * outputs
 
 
-def _check_chunk_memory(data: Any, fc: Forecaster, inits: np.ndarray, n_lead: int, plan: _Members) -> None:
+def _check_chunk_memory(data: Any, fc: Forecaster, inits: np.ndarray, n_lead: int, plan: _Members,
+                        n_inits: int | None = None) -> None:
+    """Refuse a chunk (``n_inits`` init times, default all of ``inits``) that does not fit."""
     from .memory import check_fits
 
     per_init = int(np.prod([c.size for c in layout.sample_dims(data, fc.spec).values()] or [1]))
     members = 1 if plan.indices is None else int(plan.indices.size)
-    n = len(inits) * per_init
-    check_fits(chunk_bytes(fc.spec, n, members, n_lead),
-               what=f"a forecast chunk of {len(inits)} init time(s) x {per_init} sample(s) x {members} member(s)",
+    n_inits = len(inits) if n_inits is None else n_inits
+    check_fits(chunk_bytes(fc.spec, n_inits * per_init, members, n_lead),
+               what=f"a forecast chunk of {n_inits} init time(s) x {per_init} sample(s) x {members} member(s)",
                fixes="forecast fewer init times at once (init=..., or Dask input with chunk=N / --chunk N), "
                      "fewer members at once (members=[...] in blocks, --member-block B), or fewer leads (lead=).")
 
@@ -684,12 +688,22 @@ def _predict_chunk(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
     return {name: np.asarray(out[name].transpose(*d).values) for name, d in dims.items()}
 
 
-def _member_blocks(plan: _Members, member_chunk: int | None) -> list[_Members]:
-    """The plan split into blocks of at most ``member_chunk`` members (one task each)."""
+def _member_blocks(plan: _Members, member_chunk: int | None, n_groups: int = 1) -> list[_Members]:
+    """The plan split into blocks of at most ``member_chunk`` members (one task each, for each
+    of ``n_groups`` init-time chunks; refused beyond :data:`MAX_TASKS` tasks)."""
     if plan.mean or plan.indices is None or member_chunk is None:
-        return [plan]
-    if isinstance(member_chunk, bool) or not isinstance(member_chunk, (int, np.integer)) or member_chunk < 1:
+        n_blocks = 1
+    elif isinstance(member_chunk, bool) or not isinstance(member_chunk, (int, np.integer)) or member_chunk < 1:
         raise ConfigError(f"member_chunk must be a positive number of members per task, got {member_chunk!r}.")
+    else:
+        n_blocks = -(-plan.indices.size // int(member_chunk))
+    if n_groups * n_blocks > MAX_TASKS:
+        raise ConfigError(
+            f"this forecast would be {n_groups} init-time chunk(s) x {n_blocks} member block(s) = "
+            f"{n_groups * n_blocks} tasks, more than the {MAX_TASKS} a Dask graph handles well. "
+            "Fix: a larger chunk= (--chunk) or member_chunk= (--member-block).")
+    if n_blocks == 1:
+        return [plan]
     return [dataclasses.replace(plan, indices=plan.indices[j:j + int(member_chunk)])
             for j in range(0, plan.indices.size, int(member_chunk))]
 
@@ -714,12 +728,15 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
     template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data,
                              members=None if members is None else members[:1])
     dims = {name: template[name].dims for name in template.data_vars}
-    blocks = _member_blocks(plan, member_chunk)
+    groups = _init_groups(data, time_dim, inits, chunk)
+    blocks = _member_blocks(plan, member_chunk, len(groups))
+    # refuse now, not in a worker, a task that cannot fit (the largest chunk x block)
+    _check_chunk_memory(data, fc, inits, n_lead, max(blocks, key=lambda b: 0 if b.indices is None else b.indices.size),
+                        n_inits=max(len(g) for g in groups))
 
     token = uuid.uuid4().hex
     # one graph key holds the bundle: distributed sends it to each worker once
     bundle = dask.delayed(fc, name=f"xearthformer-bundle-{token}")
-    groups = _init_groups(data, time_dim, inits, chunk)
     parts: dict[Hashable, list[Any]] = {name: [] for name in dims}
     for i, group in enumerate(groups):
         window = data.isel({time_dim: layout.required_time_slice(data, spec, group)})
