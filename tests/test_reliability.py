@@ -364,3 +364,27 @@ def test_user_errors_are_the_projects_exceptions(data, model):
     # the exception tree is what callers catch: every refusal above is one of them
     with pytest.raises(XEarthformerError):
         F.forecast(data.assign(t2m=data.t2m.astype(str)), model, progress=False)
+
+
+# -- logs -------------------------------------------------------------------------------------
+def test_progress_bars_in_a_log_write_few_plain_lines(monkeypatch):
+    # was: thousands of carriage-return updates in one line of a CI log or nohup.out
+    import io
+    import time
+
+    from xearthformer import progress
+
+    log = io.StringIO()                                          # not a terminal
+    for _ in progress.progress_bar(range(20000), progress=True, file=log, desc="fast"):
+        pass
+    assert log.getvalue() == ""                                  # ended within LOG_INTERVAL: silent
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.05)
+    log = io.StringIO()
+    start = time.perf_counter()
+    for _ in progress.progress_bar(range(12), progress=True, file=log, desc="slow"):
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert 1 <= len(lines) <= seconds / 0.05 + 2 and lines[-1].startswith("slow: 100%")

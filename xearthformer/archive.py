@@ -308,8 +308,10 @@ def _refuse_overlap(path: str, inputs: Sequence[str]) -> None:
     out = os.path.realpath(path)
     for p in inputs:
         real = os.path.realpath(os.fspath(p))
-        if out == real or real.startswith(out.rstrip(os.sep) + os.sep) or out.startswith(real.rstrip(os.sep) + os.sep):
-            how = "is" if out == real else ("contains" if real.startswith(out) else "lies inside")
+        contains = real.startswith(out.rstrip(os.sep) + os.sep)
+        inside = out.startswith(real.rstrip(os.sep) + os.sep)
+        if out == real or contains or inside:
+            how = "is" if out == real else ("contains" if contains else "lies inside")
             raise ConfigError(
                 f"--output {path} {how} the input {p}: writing (or --overwrite) there could destroy "
                 "the input. Fix: choose an output outside the inputs, e.g. a sibling folder.")
@@ -388,9 +390,8 @@ def _create_zarr(path: str, fc: xr.Dataset, record: dict[str, Any]) -> None:
     for dim in ("init_time", "member"):
         sizes = fc.chunksizes.get(dim)
         if sizes and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
-            raise DataError(
-                f"Zarr needs regular {dim} chunks; got sizes {sizes}. Forecast with "
-                + ("chunk=N (CLI: --chunk N)." if dim == "init_time" else "member_chunk=B (CLI: --member-block B)."))
+            fix = "chunk=N (CLI: --chunk N)" if dim == "init_time" else "member_chunk=B (CLI: --member-block B)"
+            raise DataError(f"Zarr needs regular {dim} chunks; got sizes {sizes}. Forecast with {fix}.")
     tmp = f"{path.rstrip('/')}.partial-{uuid.uuid4().hex[:8]}"
     template = fc.copy()
     template.attrs[DONE_ATTR] = []

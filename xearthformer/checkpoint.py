@@ -92,7 +92,9 @@ def save(forecaster: Forecaster, path: str | os.PathLike[str]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    forecaster._tensors_sha256 = (_weights_key(forecaster), metadata["tensors_sha256"])  # type: ignore[attr-defined]
+    # the weights were just hashed: bundle_digest() need not read them again
+    forecaster._tensors_sha256 = (  # type: ignore[attr-defined]
+        _weights_key(forecaster), metadata["tensors_sha256"])
 
 
 def _check_forecaster(forecaster: Any, what: str) -> None:
@@ -454,6 +456,7 @@ def load(path: str | os.PathLike[str], device: Any = "cpu") -> Forecaster:
     except ConfigError as err:
         raise CheckpointError(f"{path}: model and data spec disagree: {err}") from err
     # the weights were just hashed: bundle_digest() need not read them again
-    forecaster._tensors_sha256 = (_weights_key(forecaster), meta["tensors_sha256"])  # type: ignore[attr-defined]
+    forecaster._tensors_sha256 = (  # type: ignore[attr-defined]
+        _weights_key(forecaster), meta["tensors_sha256"])
     return forecaster
 

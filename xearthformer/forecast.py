@@ -731,8 +731,8 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
     groups = _init_groups(data, time_dim, inits, chunk)
     blocks = _member_blocks(plan, member_chunk, len(groups))
     # refuse now, not in a worker, a task that cannot fit (the largest chunk x block)
-    _check_chunk_memory(data, fc, inits, n_lead, max(blocks, key=lambda b: 0 if b.indices is None else b.indices.size),
-                        n_inits=max(len(g) for g in groups))
+    largest = max(blocks, key=lambda b: 0 if b.indices is None else b.indices.size)
+    _check_chunk_memory(data, fc, inits, n_lead, largest, n_inits=max(len(g) for g in groups))
 
     token = uuid.uuid4().hex
     # one graph key holds the bundle: distributed sends it to each worker once

@@ -214,7 +214,7 @@ def plan_batch(per_item: int, *, items: int, fixed: int = 0, requested: int | No
 
     Examples
     --------
-    >>> plan_batch(per_item=100, items=8, fixed=9_000, available=10_000)
+    >>> plan_batch(per_item=100, items=8, fixed=9_000, available=10_000)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     xearthformer.errors.ConfigError: not enough memory for one sample per model call: ...

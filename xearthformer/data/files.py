@@ -75,7 +75,8 @@ def open_archive(paths: Sequence[str]) -> xr.Dataset:
         if not first:
             first.update(grid=xr.Dataset(coords=ds.coords), name=source, time=find_coord(ds, "time"))
         else:
-            check_same_grid(first["grid"], ds, str(first["name"]), source, time=first["time"])  # type: ignore[arg-type]
+            check_same_grid(first["grid"], ds, str(first["name"]), source,  # type: ignore[arg-type]
+                            time=first["time"])  # type: ignore[arg-type]
         return ds
 
     try:

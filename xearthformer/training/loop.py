@@ -498,9 +498,10 @@ def fit(
                     raise TrainingError(
                         f"the training loss became {loss} at epoch {epoch + 1}, step {run.step + 1} "
                         f"(learning rate {lr:.3g}): the run stops instead of returning a model whose "
-                        "forecasts are NaN. The inputs and normalisation are checked to be finite, so "
-                        "the optimisation diverged. Fix: a lower lr, precision='fp32', gradient "
-                        "clipping (clip_grad); with a checkpoint_dir, last.pt holds the last completed epoch.")
+                        "forecasts are NaN. xef.train checks its inputs and normalisation constants to "
+                        "be finite, so there the optimisation diverged. Fix: a lower lr, precision='fp32', gradient "
+                        "clipping (clip_grad); with a checkpoint_dir, last.pt holds the last "
+                        "completed epoch.")
                 if ema is not None:
                     ema.update(model)
                 losses.append(loss)
