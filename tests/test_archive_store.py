@@ -69,7 +69,7 @@ def test_the_store_records_what_it_holds(archive, tmp_path):
     assert record["inputs"]["files"][0][1] == (archive / "inputs" / "part0.nc").stat().st_size
     assert len(record["inputs"]["time_sha256"]) == 64 and record["inputs"]["n_time"] == 12
     assert record["chunks"] == {"init_time": 3, "member": None} and record["lead"] == 3
-    assert record["init"]["count"] == 9 and record["settings"] == {"range_margin": 1.0}
+    assert record["init"]["count"] == 9 and record["settings"] == {}
     fc = xr.open_zarr(out)
     assert fc.attrs[F.DIGEST_ATTR] == digest                      # the forecast names its bundle
     assert sorted(zarr.open_group(str(out)).attrs[A.DONE_ATTR]) == [[0, 3], [3, 6], [6, 9]]

@@ -708,7 +708,7 @@ def run_forecast(args: argparse.Namespace) -> int:
         common = dict(init=_parse_init(args.init), lead=args.lead, batch_size=args.batch_size,
                       device=args.device, chunk=chunk, range_margin=margin,
                       source=f"xearthformer forecast with {os.path.basename(args.model)}")
-        settings: dict[str, Any] = {"range_margin": margin}
+        settings: dict[str, Any] = {}  # what the numbers depend on (not batch, device, margin)
         if args.members is not None:
             block = _member_block(args, model, ds, chunk, args.members)
             fc = ensemble(ds, model, members=args.members, seed=args.seed, member_chunk=block,

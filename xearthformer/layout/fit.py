@@ -68,11 +68,9 @@ def _plan_channels(ds: xr.Dataset, ax: Axes, variables: Sequence[str],
     return channels
 
 
-def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
-                  extra: Sequence[str], period: Any
-                  ) -> tuple[dict[str, Channel], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Normalisation constants, climatologies and land masks of every channel."""
-    # every statistic lazily first, then one compute (Dask shares the reads)
+def _statistics(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel], extra: Sequence[str]
+                ) -> tuple[xr.Dataset, dict[str, xr.DataArray]]:
+    """Every channel's statistics (count, NaN cells, min/max, mean/std or climatology), computed."""
     stats: dict[str, xr.DataArray] = {}
     climatologies: dict[str, xr.DataArray] = {}
     for name, ch in channels.items():
@@ -96,13 +94,22 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
             stats[f"{name}/std"] = anomalies.std()
             stats[f"{name}/anomaly_min"] = anomalies.min()
             stats[f"{name}/anomaly_max"] = anomalies.max()
-    with warnings.catch_warnings():  # inf or huge values overflow here; they are refused below
+    computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords)) for k, v in stats.items()})
+    return computed.compute(), climatologies
+
+
+def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
+                  extra: Sequence[str], period: Any
+                  ) -> tuple[dict[str, Channel], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Normalisation constants, climatologies and land masks of every channel."""
+    # every statistic lazily first, then one compute (Dask shares the reads); in-memory data
+    # compute at once: inf or huge values overflow in either case, and are refused below
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords))
-                               for k, v in stats.items()}).compute()
+        stats, climatologies = _statistics(fit, ax, channels, extra)
 
     def stat(name: str, key: str) -> np.ndarray:
-        return np.asarray(computed[f"{name}__{key}"].values)
+        return np.asarray(stats[f"{name}__{key}"].values)
 
     final: dict[str, Channel] = {}
     clim_arrays: dict[str, np.ndarray] = {}
