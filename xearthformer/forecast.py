@@ -555,10 +555,11 @@ def _range_margin(margin: Any, fc: Forecaster) -> float | None:
     missing = [c.name for c in fc.spec.inputs if c.range is None]
     if missing:
         warnings.warn(
-            f"the model's spec stores no training range for {missing} (a bundle from before "
-            "xearthformer kept ranges: format 1): the range check is skipped for them, so inputs "
-            "in other units or with fill values are not caught there. Fix: retrain, or re-fit the "
-            "spec on the training data.", XEarthformerWarning, stacklevel=3)
+            f"the model's spec stores no training range for {missing} (a bundle written before "
+            "ranges were kept, format 1, or a spec built by hand): the range check is skipped for "
+            "them, so inputs in other units or with undecoded fill values are not caught there. "
+            "Fix: retrain, or re-fit the spec on the training data (layout.fit_spec).",
+            XEarthformerWarning, stacklevel=3)
     return float(margin)
 
 
