@@ -70,6 +70,19 @@ def test_overwrite_never_deletes_a_folder_of_other_files_a_plain_file_or_the_inp
     assert tree(tmp_path) == before
 
 
+def test_train_never_writes_its_bundle_over_other_data(archive, tmp_path, capsys):
+    # was: save() replaced whatever --output named (an input file, other data) after training
+    target = tmp_path / "results.nc"
+    target.write_bytes(b"not a bundle")
+    for output in (target, archive / "inputs" / "part0.nc"):
+        before = output.read_bytes()
+        code = cli.main(["train", "--input", str(archive / "inputs" / "*.nc"), "--output", str(output),
+                         "--preset", "tiny", "--context", "4", "--lead", "2", "--epochs", "1", "--val", "none",
+                         "--device", "cpu"])
+        assert code == 1 and output.read_bytes() == before
+        assert "--output" in capsys.readouterr().err
+
+
 # -- 2. mixed stores on resume --------------------------------------------------------------------
 def test_resume_with_another_model_or_changed_inputs_is_refused(archive, tmp_path, capsys):
     # was: the finished chunks were skipped silently: one store, forecasts of two models

@@ -392,12 +392,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model config overrides, e.g. --set base_units=32 proj_drop=0.1")
 
 
+def _check_output(output: str, inputs: Sequence[str]) -> None:
+    """Refuse an ``--output`` that would replace anything but a bundle (an input, other data)."""
+    from ..checkpoint import read_metadata
+    from ..data.files import input_paths
+    from ..errors import CheckpointError
+
+    if not os.path.exists(output):
+        return
+    if os.path.realpath(output) in {os.path.realpath(p) for p in input_paths(inputs)}:
+        raise ConfigError(f"--output {output} is one of the --input files; it would be replaced by the "
+                          "model bundle. Fix: choose another --output, e.g. model.xef.")
+    try:
+        read_metadata(output)
+    except CheckpointError as err:
+        raise ConfigError(f"--output {output} exists and is not an xearthformer bundle ({err}); it is not "
+                          "replaced. Fix: choose another --output (an existing bundle is replaced).") from err
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``xearthformer train``; only rank 0 writes the bundle under torchrun."""
     from ..checkpoint import save
 
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (the folder holding last.pt).")
+    _check_output(args.output, args.input)  # before hours of training, not after
     ds = open_input(args.input)
     forecaster = train(
         ds, preset=args.preset, family=args.family, variables=_split_names(args.variables),
