@@ -79,7 +79,8 @@ def test_bundle_layout_is_safetensors_with_json_header(forecaster, tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         keys = set(f.keys())
-    assert meta["format"] == "xearthformer-bundle" and meta["format_version"] == "1"
+    assert meta["format"] == "xearthformer-bundle" and meta["format_version"] == "2"
+    assert meta["bundle_sha256"] == C.metadata_digest(meta) == C.bundle_digest(fc)
     assert json.loads(meta["model_config"]) == fc.model.config.to_dict()
     assert {"spec.climatology/sst", "spec.static/orog", "spec.land_mask/sst"} <= keys
     assert {f"model.{k}" for k in fc.model.state_dict()} <= keys
@@ -93,9 +94,11 @@ def test_bundle_layout_is_safetensors_with_json_header(forecaster, tmp_path):
 
 
 def _rewrite_metadata(src, dst, **changes):
+    """Edit header fields and re-sign the header (so the checks behind the checksum are reached)."""
     with safe_open(str(src), framework="pt") as f:
         meta = {**f.metadata(), **changes}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["bundle_sha256"] = C.metadata_digest(meta)
     save_file(tensors, str(dst), metadata=meta)
 
 
@@ -106,7 +109,7 @@ def test_newer_format_and_unknown_class_fail_clearly(forecaster, tmp_path):
     newer = tmp_path / "newer.xef"
     _rewrite_metadata(good, newer, format_version=str(C.FORMAT_VERSION + 1),
                       xearthformer_version="9.0")
-    with pytest.raises(CheckpointError, match="format version 2.*xearthformer 9.0.*upgrade"):
+    with pytest.raises(CheckpointError, match=f"format version {C.FORMAT_VERSION + 1}.*xearthformer 9.0.*upgrade"):
         C.load(newer)
     alien = tmp_path / "alien.xef"
     _rewrite_metadata(good, alien, model_class="os.system")

@@ -185,3 +185,20 @@ def test_enso_matches_the_official_test_pipeline(tmp_path, monkeypatch):
     assert float(ours.c_nino34_m) == pytest.approx(float(acc) / 12, abs=1e-5)
     assert float(ours.c_nino34_wm) == pytest.approx(float(wacc) / 12, abs=1e-4)
     assert float(ours.mse) == pytest.approx(float(torch.mean((pred - sst[:, 12:]) ** 2)), rel=1e-4)
+
+
+def test_evaluate_takes_its_batch_from_the_memory_planner(sevir_case, monkeypatch):
+    from xearthformer import memory
+    from xearthformer.forecast import plan_inference
+
+    root, model = sevir_case
+    reference = evaluate(model, "sevir", root, split="val", batch_size=4, device="cpu", progress=False)
+    per = plan_inference(model.model, model.spec.input_shape, 1).per_item
+    fixed = 4 * 2 * int(np.prod(model.spec.target_shape))        # the output array of 2 windows
+    monkeypatch.setenv(memory.MEMORY_LIMIT_ENV, str(int((fixed + 2.5 * per) / memory.SAFETY)))
+    assert plan_inference(model.model, model.spec.input_shape, 16).batch_size < 16
+    planned = evaluate(model, "sevir", root, split="val", device="cpu", progress=False)
+    np.testing.assert_allclose(planned.csi.values, reference.csi.values, rtol=1e-12)
+    monkeypatch.setenv(memory.MEMORY_LIMIT_ENV, "1MiB")
+    with pytest.raises(ConfigError, match="not enough memory"):
+        evaluate(model, "sevir", root, split="val", device="cpu", progress=False)

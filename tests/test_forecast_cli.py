@@ -99,8 +99,8 @@ def test_netcdf_output_and_summary(tmp_path, archive, capsys):
     assert cli.main(args) == 0
     summary = capsys.readouterr().out
     assert "12 init times forecast (3 chunks), 0 skipped" in summary
-    files = sorted(out.iterdir())
-    assert len(files) == 3
+    files = sorted(out.glob("forecast_*.nc"))
+    assert len(files) == 3 and (out / A.MARKER_FILE).is_file()
     back = xr.open_mfdataset(files, decode_timedelta=True).load()
     direct = F.forecast(ds, model, init=slice("2000-01-03", "2000-01-05"), lead=2)
     xr.testing.assert_allclose(back.t2m, direct.t2m, rtol=1e-6, atol=1e-4)

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xearthformer"
 #: (``diffusion`` before the PreDiff issues) is simply empty.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground: errors and version", ("_version", "errors")),
-    ("ground: devices, processes, progress bars", ("device", "progress", "parallel")),
+    ("ground: devices, processes, memory, progress bars", ("device", "progress", "parallel", "memory")),
     ("tensors and labels", ("nn", "diffusion", "layout", "data")),
     ("encodings and scores", ("cf", "metrics")),
     ("model families", ("models",)),
@@ -27,6 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: imports allowed between units of one layer (importer -> imported)
 BESIDE: set[tuple[str, str]] = {
     ("training", "checkpoint"),   # training writes bundles as it goes
+    ("forecast", "checkpoint"),   # forecasts carry the digest of the bundle that made them
+    ("data", "layout"),           # archive files pass the one validation (their grids)
     ("evaluate", "hub"),          # evaluate accepts pretrained names
     ("__init__", "accessor"),     # importing the package registers the accessor
     ("__main__", "cli"),

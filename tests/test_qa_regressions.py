@@ -108,10 +108,14 @@ def bundle(tmp_path_factory):
     return path.read_bytes(), ds
 
 
-def _edit_header(raw: bytes, key: str, value: str) -> bytes:
+def _edit_header(raw: bytes, key: str, value: str, resign: bool = True) -> bytes:
+    """``raw`` with one header field changed; ``resign`` recomputes the header checksum, so the
+    checks behind it are reached (an unsigned edit is refused by the checksum first)."""
     size = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + size])
     header["__metadata__"][key] = value
+    if resign:
+        header["__metadata__"]["bundle_sha256"] = C.metadata_digest(header["__metadata__"])
     text = json.dumps(header).encode()
     return struct.pack("<Q", len(text)) + text + raw[8 + size:]
 
@@ -163,7 +167,7 @@ def test_forecast_refuses_data_in_other_units(bundle, tmp_path):
     fc = xearthformer.load(path)
     celsius = ds.copy()
     celsius["SST"] = (ds.SST - 273.15).assign_attrs(units="degC")
-    with pytest.raises(DataError, match="units 'degC'.*'K'"):
+    with pytest.raises(DataError, match="in 'degC'.*in 'K'.*K = degC \\+ 273.15"):
         celsius.earthformer.forecast(fc)
     same_unit = ds.copy()
     same_unit["SST"] = ds.SST.assign_attrs(units=" k ")  # spelling only: accepted

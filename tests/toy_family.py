@@ -65,7 +65,10 @@ class ToyNet(nn.Module):
 
     def predict(self, x: torch.Tensor, *, keys: torch.Tensor | None = None, **sampling: Any) -> torch.Tensor:
         """(N, T_in, H, W, C) -> (N, M, T_out, H, W, C), member m of sample n from keys[n, m]."""
-        temperature = float(sampling.pop("temperature", 1.0))
+        try:
+            temperature = float(sampling.pop("temperature", 1.0))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"ToyNet's temperature must be a number, got {err}") from err
         if sampling:
             raise ConfigError(f"ToyNet takes only the sampling option 'temperature', got {sorted(sampling)}")
         if keys is None:

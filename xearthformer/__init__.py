@@ -21,7 +21,9 @@ from .errors import (
     DownloadError,
     ModelTypeError,
     ShapeError,
+    TrainingError,
     XEarthformerError,
+    XEarthformerWarning,
 )
 
 # public name -> (module that defines it, attribute; None for the module itself), loaded
@@ -47,7 +49,9 @@ __all__ = [
     "DownloadError",
     "ModelTypeError",
     "ShapeError",
+    "TrainingError",
     "XEarthformerError",
+    "XEarthformerWarning",
     "__version__",
     *_LAZY,
 ]

@@ -51,9 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(getattr(module, f"run_{args.command}")(args) or 0)
-    except (XEarthformerError, FileNotFoundError) as err:  # user errors: no traceback
+    except (XEarthformerError, OSError) as err:  # user errors (and files, disks): no traceback
         print(f"xearthformer {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"xearthformer {args.command}: interrupted (a resumable run continues where it "
+              "stopped when started again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,3 +34,13 @@ class ModelTypeError(XEarthformerError, TypeError):
 
 class DownloadError(XEarthformerError, OSError):
     """A user-requested download failed (offline, bad hash...)."""
+
+
+class TrainingError(XEarthformerError, ArithmeticError):
+    """Training produced non-finite numbers (a loss or gradient of NaN/inf): the run stops
+    instead of writing a model whose every forecast is NaN."""
+
+
+class XEarthformerWarning(UserWarning):
+    """Warnings of xearthformer (a check skipped and why, a default adapted to the data...);
+    filter them with ``warnings.filterwarnings("ignore", category=XEarthformerWarning)``."""

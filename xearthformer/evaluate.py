@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError, DataError
-from .forecast import DEFAULT_BATCH_SIZE, predict_tensor
+from .forecast import DEFAULT_BATCH_SIZE, plan_inference, predict_tensor
 from .layout import Channel
 from .models import registry
 from .models.base import Forecaster, check_forecaster
@@ -242,7 +242,7 @@ def evaluate(
     dataset: str,
     data_dir: str | os.PathLike,
     split: str = "test",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: Any = "auto",
     max_samples: int | None = None,
     official_batching: bool = False,
@@ -262,7 +262,8 @@ def evaluate(
     split
         ``"test"`` (the paper's numbers), ``"val"`` or ``"train"``.
     batch_size
-        Windows per model call; only one batch is in memory at a time.
+        Windows per model call; only one batch is in memory at a time. None: as many as fit
+        (at most ``DEFAULT_BATCH_SIZE``; :func:`xearthformer.forecast.plan_inference`).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     max_samples
@@ -289,9 +290,14 @@ def evaluate(
     """
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if int(batch_size) < 1:
+    if batch_size is not None and int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     forecaster = _load_model(model)
+    if batch_size is None:  # the one memory planner picks the block of windows streamed at once
+        from .device import resolve_device
+
+        batch_size = plan_inference(forecaster.model, forecaster.spec.input_shape, DEFAULT_BATCH_SIZE,
+                                    device=resolve_device(device)).batch_size
     row = registry.family_of(forecaster)
     if dataset not in row.datasets:
         raise ConfigError(f"the {row.name} family is not scored on {dataset!r}; its data sets are "
@@ -337,7 +343,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True,
                         help="SEVIR root (CATALOG.csv + data/) or the ICAR-ENSO folder (CMIP_*.nc)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"windows per model call (default: as many as fit, at most {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0...")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="score only the first N windows (a quick check)")

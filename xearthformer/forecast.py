@@ -28,9 +28,12 @@ are :mod:`xearthformer.archive`'s job. The labelled <-> tensor conversion is
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import sys
 import uuid
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +42,8 @@ import numpy as np
 import xarray as xr
 
 from . import cf, layout
-from .errors import ConfigError, DataError, ModelTypeError, ShapeError
+from .errors import ConfigError, DataError, ModelTypeError, ShapeError, XEarthformerWarning
+from .layout.validation import DEFAULT_RANGE_MARGIN
 from .models.base import Forecaster, check_forecaster, is_stochastic
 from .models.keys import make_keys, member_indices
 
@@ -54,6 +58,10 @@ FORECAST_MEMBERS = 8
 ENSEMBLE_MEMBERS = 16
 #: the variables' ``cell_methods`` of a forecast that is an ensemble mean
 ENSEMBLE_MEAN = "realization: mean"
+#: most tasks (init-time chunks x member blocks) a lazy forecast may be split into
+MAX_TASKS = 100_000
+#: global attribute of every forecast: the ``bundle_sha256`` of the bundle that made it
+DIGEST_ATTR = "xearthformer_bundle_sha256"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,13 +156,13 @@ def predict_tensor(
     import torch
 
     from .device import resolve_device
+    from .memory import is_out_of_memory
     from .progress import progress_bar
 
     module = _torch_module(forecaster)
     dev = resolve_device(device)
     n = int(x.shape[0])
-    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    if bs < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
     if n == 0:
         raise DataError("predict_tensor got no samples (N = 0); expected at least one input window.")
@@ -172,27 +180,35 @@ def predict_tensor(
                 "xearthformer.forecast.ensemble / forecast on labelled data.")
         k = _keys_array(keys, n)
         rows = np.repeat(np.arange(n), k.shape[1])
-        cols = np.tile(np.arange(k.shape[1]), n)
-        batches = [(rows[i:i + bs], cols[i:i + bs]) for i in range(0, rows.size, bs)]
+        cols: np.ndarray | None = np.tile(np.arange(k.shape[1]), n)
         members = k.shape[1]
     else:
-        batches = [(np.arange(i, min(i + bs, n)), None) for i in range(0, n, bs)]
-        members = 1
+        rows, cols, members = np.arange(n), None, 1
+    bs = plan_inference(module, tuple(x.shape[1:]), rows.size, members, batch_size, dev).batch_size
     was_training = module.training
     module.eval()
     module.to(dev)
     out: np.ndarray | None = None
+    bar = progress_bar(total=rows.size, progress=progress, desc="forecast", unit="sample")
     try:
         with torch.inference_mode():
-            for r, c in progress_bar(batches, progress=progress, total=len(batches), desc="forecast",
-                                     unit="batch"):
+            i = 0
+            while i < rows.size:
+                r = rows[i:i + bs]
+                c = None if cols is None else cols[i:i + bs]
                 xb = _rows(x, r) if c is not None else x[int(r[0]):int(r[-1]) + 1]
                 xb = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb))
                 xb = xb.to(device=dev, dtype=torch.float32)
-                if c is None:
-                    yb = run(xb, **sampling)
-                else:
-                    yb = run(xb, keys=torch.from_numpy(k[r, c][:, None]), **sampling)
+                try:
+                    if c is None:
+                        yb = run(xb, **sampling)
+                    else:
+                        yb = run(xb, keys=torch.from_numpy(k[r, c][:, None]), **sampling)
+                except Exception as err:  # noqa: BLE001 - only allocation failures are handled
+                    if not is_out_of_memory(err):
+                        raise
+                    bs = _halved(bs, len(r), dev, err)
+                    continue
                 yb = _checked(yb, len(r), module)
                 if out is None:
                     out = np.empty((n, members, *yb.shape[2:]), dtype=np.float32)
@@ -201,11 +217,65 @@ def predict_tensor(
                     out[r] = values
                 else:
                     out[r, c] = values[:, 0]
+                i += len(r)
+                bar.update(len(r))
     finally:
+        bar.close()
         if was_training:
             module.train()
     assert out is not None
     return out
+
+
+def plan_inference(module: Any, input_shape: tuple[int, ...], items: int, members: int = 1,
+                   batch_size: int | None = None, device: Any = None) -> Any:
+    """The memory plan of :func:`predict_tensor`: ``items`` samples (or (sample, member)
+    pairs) of ``input_shape`` through ``module`` on ``device``
+    (:func:`xearthformer.memory.plan_batch`). Per item: the network's activations
+    (:func:`xearthformer.memory.activation_bytes`) and the batch's input and output copies;
+    fixed: the output array (host) and, on an accelerator the weights are not on yet, the
+    weights.
+
+    Raises
+    ------
+    ConfigError
+        Not even one item fits, or ``batch_size`` does not (the message names the largest
+        batch that does).
+    """
+    from .memory import activation_bytes, plan_batch
+
+    out_shape = tuple(getattr(getattr(module, "config", None), "target_shape", input_shape))
+    per_item = activation_bytes(module, input_shape, out_shape) + 8 * (math.prod(input_shape)
+                                                                       + math.prod(out_shape))
+    out_bytes = 4 * (items // max(1, members)) * members * math.prod(out_shape)
+    on_device = getattr(device, "type", "cpu") != "cpu"
+    fixed = out_bytes
+    if on_device:
+        elsewhere = [p for p in module.parameters() if p.device.type != device.type
+                     or (device.index is not None and p.device.index != device.index)]
+        fixed = sum(p.numel() * p.element_size() for p in elsewhere)
+    return plan_batch(per_item, items=items, fixed=fixed, requested=batch_size,
+                      default=DEFAULT_BATCH_SIZE, device=device if on_device else None,
+                      what="(sample, member) pairs" if members > 1 else "samples",
+                      fixes="Other fixes: fewer init times per chunk (chunk=, --chunk), fewer "
+                            "members per block (--member-block), or device='cpu'.")
+
+
+def _halved(bs: int, tried: int, device: Any, err: BaseException) -> int:
+    """The batch size after an out-of-memory error with a batch of ``tried`` (half of it)."""
+    if tried <= 1:
+        raise ConfigError(
+            f"out of memory on {device} with a single sample per model call ({str(err).splitlines()[0]}). "
+            "Fix: run on another device (device='cpu'), free memory used by other processes, or "
+            "forecast a smaller grid.") from err
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    new = max(1, min(bs, tried) // 2)
+    warnings.warn(f"out of memory on {device} with {tried} samples per model call; retrying with {new}.",
+                  XEarthformerWarning, stacklevel=3)
+    return new
 
 
 def _plain_predict(module: Any) -> Any:
@@ -299,6 +369,7 @@ def forecast(
     chunk: int | None = None,
     progress: bool | None = None,
     source: str | None = None,
+    range_margin: float | None = DEFAULT_RANGE_MARGIN,
     **sampling: Any,
 ) -> xr.Dataset:
     """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
@@ -332,6 +403,11 @@ def forecast(
         through Dask's diagnostics (``dask.diagnostics.ProgressBar``, the dashboard).
     source : str, optional
         Global ``source`` attribute (default names xearthformer and its version).
+    range_margin : float or None
+        Inputs outside the training min/max widened by this many times its width on each side
+        are refused (default ``DEFAULT_RANGE_MARGIN`` = 1; see
+        :func:`xearthformer.layout.validation.check_range`): fill values and data in other
+        units do not pass, real extremes do. None skips the check.
     **sampling
         The family's sampling options (stochastic families).
 
@@ -341,7 +417,9 @@ def forecast(
         CF-1.8 forecast (see :func:`xearthformer.cf.to_cf`): one variable per target, dims
         ``(init_time, lead_time, ..., y, x)``, 2-D ``valid_time``; chunked over ``init_time``
         when ``obj`` is Dask-backed, and then nothing is computed until asked. An ensemble
-        mean's variables carry ``cell_methods = "realization: mean"``.
+        mean's variables carry ``cell_methods = "realization: mean"``; the global attribute
+        ``xearthformer_bundle_sha256`` names the bundle that made it
+        (:func:`xearthformer.checkpoint.bundle_digest`).
 
     Raises
     ------
@@ -350,7 +428,8 @@ def forecast(
     ConfigError
         ``lead`` out of range; ``members`` for a deterministic family.
     DataError
-        From :mod:`xearthformer.layout` (missing variables, wrong grid or step, no context).
+        From :mod:`xearthformer.layout` (missing variables, wrong grid or step, no context,
+        wrong units, infinite or fill values, inputs outside the training range).
 
     Examples
     --------
@@ -366,14 +445,14 @@ def forecast(
             raise ConfigError(f"members={members!r}: {type(fc.model).__name__} is deterministic (one "
                               "forecast per input); drop members.")
         plan = _Members(sampling=sampling)
-    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin)
     history = f"forecast with xearthformer.forecast (lead {n_lead} steps of {fc.spec.step})"
     if plan.mean:
         for name in out.data_vars:
             out[name].attrs["cell_methods"] = ENSEMBLE_MEAN
         history = (f"forecast with xearthformer.forecast: mean of {plan.indices.size} members "
                    f"(seed {plan.seed}), lead {n_lead} steps of {fc.spec.step}")
-    return cf.to_cf(out, source=source, like=obj, history=history)
+    return _stamped(cf.to_cf(out, source=source, like=obj, history=history), fc)
 
 
 def ensemble(
@@ -389,6 +468,8 @@ def ensemble(
     chunk: int | None = None,
     progress: bool | None = None,
     source: str | None = None,
+    range_margin: float | None = DEFAULT_RANGE_MARGIN,
+    member_chunk: int | None = None,
     **sampling: Any,
 ) -> xr.Dataset:
     """An ensemble forecast from labelled data (stochastic families); lazy on Dask input.
@@ -408,8 +489,12 @@ def ensemble(
         A count (members 0..members-1, default ``ENSEMBLE_MEMBERS`` = 16) or member indices.
     seed : int
         Seed of the ensemble: other seeds give other, independent members.
-    init, lead, batch_size, device, chunk, progress, source, **sampling
+    init, lead, batch_size, device, chunk, progress, source, range_margin, **sampling
         As for :func:`forecast`.
+    member_chunk : int, optional
+        Lazy input only: members per task (and per ``member`` chunk of the result), so a task
+        holds ``chunk`` init times x ``member_chunk`` members, not the whole ensemble, in
+        memory. Default: all members in one task.
 
     Returns
     -------
@@ -444,31 +529,63 @@ def ensemble(
             "collide with. Fix: rename it first, e.g. ds.rename(member=\"input_member\"); each "
             "input member is then forecast as its own sample.")
     plan = _Members(member_indices(members), _seed(seed), mean=False, sampling=sampling)
-    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan)
+    out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin,
+                            member_chunk)
     history = (f"ensemble of {plan.indices.size} members (seed {plan.seed}) with "
                f"xearthformer.forecast.ensemble (lead {n_lead} steps of {fc.spec.step})")
-    return cf.to_cf(out, source=source, like=obj, history=history)
+    return _stamped(cf.to_cf(out, source=source, like=obj, history=history), fc)
+
+
+def _stamped(out: xr.Dataset, fc: Forecaster) -> xr.Dataset:
+    """``out`` with the digest of the bundle that made it (one global attribute)."""
+    from .checkpoint import bundle_digest
+
+    out.attrs[DIGEST_ATTR] = bundle_digest(fc)
+    return out
+
+
+def _range_margin(margin: Any, fc: Forecaster) -> float | None:
+    """The checked margin; a warning (once per call) when the spec has no training ranges."""
+    if margin is None:
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(margin) or margin < 0:
+        raise ConfigError(f"range_margin must be a number >= 0 (a multiple of the training range) "
+                          f"or None to skip the range check; got {margin!r}.")
+    missing = [c.name for c in fc.spec.inputs if c.range is None]
+    if missing:
+        warnings.warn(
+            f"the model's spec stores no training range for {missing} (a bundle written before "
+            "ranges were kept, format 1, or a spec built by hand): the range check is skipped for "
+            "them, so inputs in other units or with undecoded fill values are not caught there. "
+            "Fix: retrain, or re-fit the spec on the training data (layout.fit_spec).",
+            XEarthformerWarning, stacklevel=3)
+    return float(margin)
 
 
 def _labelled(obj: xr.Dataset | xr.DataArray, fc: Forecaster, init: Any, lead: int | None,
               batch_size: int | None, device: Any, chunk: int | None, progress: bool | None,
-              plan: _Members) -> tuple[xr.Dataset, int]:
+              plan: _Members, range_margin: Any = DEFAULT_RANGE_MARGIN,
+              member_chunk: int | None = None) -> tuple[xr.Dataset, int]:
     """The decoded (not yet CF-encoded) forecast, eager or lazy, and its number of leads."""
     n_lead = _n_leads(lead, fc)
+    margin = _range_margin(range_margin, fc)
     inits = layout.init_times(obj, fc.spec, init)
     if len(inits) == 0:
         raise DataError(f"no init time selected by init={init!r}; expected at least one.")
     if layout.is_lazy(obj, names=fc.spec.variables):
-        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan), n_lead
-    return _predict_decode(obj, fc, inits, n_lead, batch_size, device, progress, plan), n_lead
+        return _forecast_lazy(obj, fc, inits, n_lead, batch_size, device, chunk, plan, margin,
+                              member_chunk), n_lead
+    return _predict_decode(obj, fc, inits, n_lead, batch_size, device, progress, plan, margin), n_lead
 
 
 def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
                     batch_size: int | None, device: Any, progress: bool | None,
-                    plan: _Members) -> xr.Dataset:
+                    plan: _Members, range_margin: float | None = None) -> xr.Dataset:
     """Encode the windows of ``inits``, run the network, decode: one eager forecast or one
     Dask task's share of a lazy one."""
-    x = layout.encode_inputs(data, fc.spec, inits)
+    _check_chunk_memory(data, fc, inits, n_lead, plan)
+    x = layout.encode_inputs(data, fc.spec, inits, range_margin=range_margin)
     keys = None
     if plan.indices is not None:
         per_init = x.shape[0] // len(inits)  # samples along the input's extra dims
@@ -480,6 +597,34 @@ def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.n
         y = y.mean(axis=1, keepdims=True)
     members = None if plan.mean or plan.indices is None else plan.indices
     return layout.decode(y, fc.spec, inits, lead=n_lead, like=data, members=members)
+
+
+def chunk_bytes(spec: Any, n_samples: int, members: int = 1, n_lead: int | None = None) -> int:
+    """Host memory a forecast chunk of ``n_samples`` samples x ``members`` holds at once besides
+    the model calls (:func:`plan_inference`): its input windows while they are encoded (16 B per
+    value: raw, float64 and float32 copies) and its outputs while they are decoded (20 B per
+    value: the model's float32, a reordered copy, the float64 de-normalisation, the result).
+
+    >>> chunk_bytes(spec, 8, members=4)                       # doctest: +SKIP
+    """
+    lead = spec.lead if n_lead is None else n_lead
+    inputs = n_samples * math.prod(spec.input_shape)
+    outputs = n_samples * members * lead * math.prod(spec.target_shape[1:])
+    return 16 * inputs + 20 * outputs
+
+
+def _check_chunk_memory(data: Any, fc: Forecaster, inits: np.ndarray, n_lead: int, plan: _Members,
+                        n_inits: int | None = None) -> None:
+    """Refuse a chunk (``n_inits`` init times, default all of ``inits``) that does not fit."""
+    from .memory import check_fits
+
+    per_init = int(np.prod([c.size for c in layout.sample_dims(data, fc.spec).values()] or [1]))
+    members = 1 if plan.indices is None else int(plan.indices.size)
+    n_inits = len(inits) if n_inits is None else n_inits
+    check_fits(chunk_bytes(fc.spec, n_inits * per_init, members, n_lead),
+               what=f"a forecast chunk of {n_inits} init time(s) x {per_init} sample(s) x {members} member(s)",
+               fixes="forecast fewer init times at once (init=..., or Dask input with chunk=N / --chunk N), "
+                     "fewer members at once (members=[...] in blocks, --member-block B), or fewer leads (lead=).")
 
 
 # -- the lazy path -----------------------------------------------------------------------------
@@ -535,16 +680,38 @@ def _join_lazy(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
 def _predict_chunk(skeleton: xr.Dataset, arrays: dict[Hashable, np.ndarray],
                    layout_of: dict[Hashable, Any], forecaster: Forecaster, inits: np.ndarray,
                    n_lead: int, batch_size: int | None, device: Any, plan: _Members,
-                   dims: dict[Hashable, tuple[Hashable, ...]]) -> dict[Hashable, np.ndarray]:
+                   dims: dict[Hashable, tuple[Hashable, ...]], range_margin: float | None = None
+                   ) -> dict[Hashable, np.ndarray]:
     """One Dask task: the context windows of ``inits`` (already loaded) -> decoded values."""
     _configure_worker_threads()
     data = _join_lazy(skeleton, arrays, layout_of)
-    out = _predict_decode(data, forecaster, inits, n_lead, batch_size, device, False, plan)
+    out = _predict_decode(data, forecaster, inits, n_lead, batch_size, device, False, plan, range_margin)
     return {name: np.asarray(out[name].transpose(*d).values) for name, d in dims.items()}
 
 
+def _member_blocks(plan: _Members, member_chunk: int | None, n_groups: int = 1) -> list[_Members]:
+    """The plan split into blocks of at most ``member_chunk`` members (one task each, for each
+    of ``n_groups`` init-time chunks; refused beyond :data:`MAX_TASKS` tasks)."""
+    if plan.mean or plan.indices is None or member_chunk is None:
+        n_blocks = 1
+    elif isinstance(member_chunk, bool) or not isinstance(member_chunk, (int, np.integer)) or member_chunk < 1:
+        raise ConfigError(f"member_chunk must be a positive number of members per task, got {member_chunk!r}.")
+    else:
+        n_blocks = -(-plan.indices.size // int(member_chunk))
+    if n_groups * n_blocks > MAX_TASKS:
+        raise ConfigError(
+            f"this forecast would be {n_groups} init-time chunk(s) x {n_blocks} member block(s) = "
+            f"{n_groups * n_blocks} tasks, more than the {MAX_TASKS} a Dask graph handles well. "
+            "Fix: a larger chunk= (--chunk) or member_chunk= (--member-block).")
+    if n_blocks == 1:
+        return [plan]
+    return [dataclasses.replace(plan, indices=plan.indices[j:j + int(member_chunk)])
+            for j in range(0, plan.indices.size, int(member_chunk))]
+
+
 def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.ndarray, n_lead: int,
-                   batch_size: int | None, device: Any, chunk: int | None, plan: _Members) -> xr.Dataset:
+                   batch_size: int | None, device: Any, chunk: int | None, plan: _Members,
+                   range_margin: float | None = None, member_chunk: int | None = None) -> xr.Dataset:
     import dask
     import dask.array as da
 
@@ -554,35 +721,49 @@ def _forecast_lazy(obj: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.nda
         obj = obj.to_dataset(name=name)
     time_dim = find_time_dim(obj)
     data = obj[spec.variables]
-    # structure (names, dims, coords, attrs) from one init decoded from zeros
+    # structure (names, dims, coords, attrs) from one init (and one member) decoded from zeros
     n_samples = int(np.prod([v.size for v in layout.sample_dims(data, spec).values()] or [1]))
     members = None if plan.mean or plan.indices is None else plan.indices
-    m_axis = () if members is None else (members.size,)
+    m_axis = () if members is None else (1,)
     zeros = np.zeros((n_samples, *m_axis, n_lead, *spec.grid.shape, spec.n_targets), np.float32)
-    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data, members=members)
+    template = layout.decode(zeros, spec, inits[:1], lead=n_lead, like=data,
+                             members=None if members is None else members[:1])
     dims = {name: template[name].dims for name in template.data_vars}
+    groups = _init_groups(data, time_dim, inits, chunk)
+    blocks = _member_blocks(plan, member_chunk, len(groups))
+    # refuse now, not in a worker, a task that cannot fit (the largest chunk x block)
+    largest = max(blocks, key=lambda b: 0 if b.indices is None else b.indices.size)
+    _check_chunk_memory(data, fc, inits, n_lead, largest, n_inits=max(len(g) for g in groups))
 
     token = uuid.uuid4().hex
     # one graph key holds the bundle: distributed sends it to each worker once
     bundle = dask.delayed(fc, name=f"xearthformer-bundle-{token}")
-    groups = _init_groups(data, time_dim, inits, chunk)
     parts: dict[Hashable, list[Any]] = {name: [] for name in dims}
     for i, group in enumerate(groups):
         window = data.isel({time_dim: layout.required_time_slice(data, spec, group)})
         skeleton, arrays = _split_lazy(window)
         layout_of = {n: (window[n].dims, dict(window[n].attrs), n in window.coords) for n in arrays}
-        task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
-                                            batch_size, device, plan, dims,
-                                            dask_key_name=f"xearthformer-forecast-{token}-{i}")
+        row: dict[Hashable, list[Any]] = {name: [] for name in dims}
+        for j, block in enumerate(blocks):
+            tag = f"{i}" if len(blocks) == 1 else f"{i}-{j}"
+            task = dask.delayed(_predict_chunk)(skeleton, arrays, layout_of, bundle, group, n_lead,
+                                                batch_size, device, block, dims, range_margin,
+                                                dask_key_name=f"xearthformer-forecast-{token}-{tag}")
+            for name, d in dims.items():
+                shape = tuple(len(group) if dim == "init_time" else
+                              block.indices.size if dim == "member" else template.sizes[dim] for dim in d)
+                row[name].append(da.from_delayed(task[name], shape=shape, dtype=template[name].dtype,
+                                                 name=f"xearthformer-{name}-{token}-{tag}"))
         for name, d in dims.items():
-            shape = tuple(len(group) if dim == "init_time" else template.sizes[dim] for dim in d)
-            parts[name].append(da.from_delayed(task[name], shape=shape, dtype=template[name].dtype,
-                                               name=f"xearthformer-{name}-{token}-{i}"))
+            parts[name].append(row[name][0] if len(blocks) == 1 else
+                               da.concatenate(row[name], axis=d.index("member")))
 
     coords = layout.time_coords(inits, spec.step, n_lead)
     base = template.drop_vars([c for c in template.coords if "init_time" in template[c].dims])
-    out = xr.Dataset(coords=base.coords, attrs=template.attrs)
+    out = xr.Dataset(coords=base.drop_vars("member", errors="ignore").coords, attrs=template.attrs)
     out = out.assign_coords(init_time=coords["init_time"])
+    if members is not None:
+        out = out.assign_coords(member=xr.DataArray(members, dims="member", attrs=dict(layout.MEMBER_ATTRS)))
     for name, d in dims.items():
         out[name] = xr.Variable(d, da.concatenate(parts[name], axis=d.index("init_time")),
                                 template[name].attrs)

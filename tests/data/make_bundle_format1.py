@@ -11,7 +11,9 @@ Writes, next to this file:
 ``tests/test_bundle_compat.py`` loads both and checks that today's code forecasts the same, so a
 bundle written by an older xearthformer keeps working. Only the public API is used, so this script
 still runs after internal modules move. Run it (from the repository root) only to replace the
-fixture on purpose: ``.venv/bin/python tests/data/make_bundle_format1.py``.
+fixture on purpose: ``.venv/bin/python tests/data/make_bundle_format1.py``. Since bundle format 2
+(header checksum, training ranges) ``xearthformer.save`` no longer writes format 1: running it now
+would replace the fixture by a format-2 bundle, so the committed file is the only format-1 witness.
 """
 
 from __future__ import annotations

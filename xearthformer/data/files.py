@@ -36,9 +36,59 @@ def input_paths(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
+def _open_one(path: str) -> None:
+    """Open one file on its own, to name it when the archive as a whole cannot be opened."""
+    try:
+        xr.open_dataset(path).close()
+    except Exception as err:  # noqa: BLE001 - any reader error: the file is the problem
+        raise DataError(
+            f"cannot read {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "expected a NetCDF file or a Zarr store. Fix: leave it out of --input or repair it."
+        ) from err
+
+
 def open_archive(paths: Sequence[str]) -> xr.Dataset:
-    """Open NetCDF files (or one Zarr store) lazily, combined along time."""
+    """Open NetCDF files (or one Zarr store) lazily, combined along time.
+
+    Every file must be on the first file's grid (:func:`xearthformer.layout.validation.check_same_grid`):
+    one that is not is named in the error, as is one that cannot be read at all.
+
+    Raises
+    ------
+    DataError
+        A file cannot be read, or is on another grid than the first.
+    """
+    from ..errors import XEarthformerError
+    from ..layout.axes import find_coord
+    from ..layout.validation import check_same_grid
+
     if len(paths) == 1 and (paths[0].rstrip("/").endswith(".zarr") or os.path.isdir(paths[0])):
-        return xr.open_zarr(paths[0])
-    return xr.open_mfdataset(paths, combine="by_coords", data_vars="minimal", coords="minimal",
-                             compat="override", join="outer")
+        try:
+            return xr.open_zarr(paths[0])
+        except Exception as err:  # noqa: BLE001 - name the store and the reason
+            raise DataError(f"cannot open {paths[0]} as a Zarr store ({type(err).__name__}: {err}). "
+                            "Fix: pass a Zarr store or NetCDF files.") from err
+    first: dict[str, object] = {}
+
+    def same_grid(ds: xr.Dataset) -> xr.Dataset:
+        source = str(ds.encoding.get("source", "a file"))
+        if not first:
+            first.update(grid=xr.Dataset(coords=ds.coords), name=source, time=find_coord(ds, "time"))
+        else:
+            check_same_grid(first["grid"], ds, str(first["name"]), source,  # type: ignore[arg-type]
+                            time=first["time"])  # type: ignore[arg-type]
+        return ds
+
+    try:
+        return xr.open_mfdataset(paths, combine="by_coords", data_vars="minimal", coords="minimal",
+                                 compat="override", join="outer", preprocess=same_grid)
+    except XEarthformerError:
+        raise
+    except Exception as err:  # noqa: BLE001 - find the file that cannot be read, or say why
+        for path in paths:
+            _open_one(path)
+        raise DataError(
+            f"the files {list(paths)[:3]}{'...' if len(paths) > 3 else ''} cannot be combined into one "
+            f"dataset along time ({type(err).__name__}: {err}). Fix: pass files of one variable set "
+            "and grid whose time ranges do not overlap."
+        ) from err

@@ -50,7 +50,7 @@ from .spec import (
     target_mask,
 )
 from .timeaxis import CALENDAR_UNITS, FIXED_UNITS, TimeStep, add_steps, format_time, infer_step, time_coords
-from .windows import init_times, required_time_slice
+from .windows import init_times, required_time_slice, valid_windows
 
 __all__ = [
     "CALENDAR_FEATURES",
@@ -84,4 +84,5 @@ __all__ = [
     "sample_dims",
     "target_mask",
     "time_coords",
+    "valid_windows",
 ]

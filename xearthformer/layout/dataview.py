@@ -18,6 +18,7 @@ import xarray as xr
 from ..errors import DataError
 from .axes import Axes, XArray
 from .spec import Channel, DataSpec
+from .validation import check_time_index, check_variable
 
 
 def as_dataset(obj: XArray, spec: DataSpec | None = None) -> xr.Dataset:
@@ -50,7 +51,15 @@ def is_lazy(*objs: Any, names: Sequence[Hashable] | None = None) -> bool:
 
 
 def time_values(ds: xr.Dataset, ax: Axes) -> np.ndarray:
-    return np.asarray(ds.indexes[ax.time]) if ax.time in ds.indexes else ds[ax.time].values
+    """The values of the time axis (the one place layout reads them: time-zone aware axes are
+    refused here, see :func:`~xearthformer.layout.validation.check_time_index`)."""
+    if ax.time in ds.indexes:
+        index = ds.indexes[ax.time]
+        check_time_index(index, ax.time)
+        return np.asarray(index)
+    values = ds[ax.time].values
+    check_time_index(values, ax.time)
+    return values
 
 
 def require_vars(ds: xr.Dataset, names: Sequence[str], role: str) -> None:
@@ -62,26 +71,11 @@ def require_vars(ds: xr.Dataset, names: Sequence[str], role: str) -> None:
         )
 
 
-def _same_units(a: str, b: str) -> bool:
-    return "".join(str(a).split()).lower() == "".join(str(b).split()).lower()
-
-
-def check_units(da: xr.DataArray, ch: Channel) -> None:
-    """Refuse data whose ``units`` attribute differs from the units the model was fitted on
-    (e.g. degC data for a model trained in K): the normalisation would be silently wrong."""
-    want, got = ch.attrs.get("units"), da.attrs.get("units")
-    if want is not None and got is not None and not _same_units(want, got):
-        raise DataError(
-            f"{ch.variable!r} is in units {got!r}, but the model was trained on {ch.variable!r} "
-            f"in {want!r}. Fix: convert the data to {want!r} (e.g. K = degC + 273.15), or set "
-            f"ds[{ch.variable!r}].attrs['units'] = {want!r} if the two are the same unit."
-        )
-
-
 def channel_data(ds: xr.Dataset, ax: Axes, ch: Channel, extra: Sequence[str] = ()) -> xr.DataArray:
     """The channel as a DataArray with dims (time, *extra present, y, x) (lazy)."""
     da = ds[ch.variable]
-    check_units(da, ch)
+    # dtype, undecoded packing attributes, units: the one check of a variable (no data read)
+    check_variable(da, ch.variable, ch.attrs.get("units"))
     if ax.time not in da.dims:
         raise DataError(
             f"variable {ch.variable!r} has no time dim {ax.time!r} (dims {da.dims}); a dynamic "

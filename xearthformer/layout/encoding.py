@@ -21,6 +21,7 @@ from .dataview import as_dataset, channel_data, extra_dims, require_vars, time_v
 from .grid import match_grid
 from .spec import Channel, DataSpec
 from .timeaxis import format_time, time_parts
+from .validation import check_finite, check_range
 from .windows import check_step, time_positions
 
 
@@ -88,9 +89,12 @@ def _calendar_features(times: np.ndarray, features: Sequence[str]) -> np.ndarray
 
 
 def _windows(prep: _Prepared, spec: DataSpec, init_times: Any, channels: Sequence[Channel],
-             offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             offsets: np.ndarray, range_margin: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalised windows (N, len(offsets), H, W, C) and the raw-finite mask, plus the
-    time values of the loaded steps' (n_init, len(offsets)) window."""
+    time values of the loaded steps' (n_init, len(offsets)) window. Every loaded value is
+    checked (:func:`~xearthformer.layout.validation.check_finite`; with ``range_margin``, also
+    :func:`~xearthformer.layout.validation.check_range`)."""
     ds, ax = prep.ds, prep.ax
     pos = time_positions(ds, ax, init_times)
     n_time = ds.sizes[ax.time]
@@ -116,8 +120,11 @@ def _windows(prep: _Prepared, spec: DataSpec, init_times: Any, channels: Sequenc
             if dim not in da.dims:
                 da = da.expand_dims({dim: prep.extra_sizes[k]}, axis=1 + k)
         raw = np.asarray(da.values)
+        check_finite(raw, f"{ch.name!r}", times)  # NaN is missing; +-inf and fill values are not
         finite.append(np.isfinite(raw))
-        planes.append(_normalise(raw, ch, spec, months))
+        plane = _normalise(raw, ch, spec, months)
+        check_range(plane, ch, range_margin, times)
+        planes.append(plane)
     data = np.stack(planes, axis=-1)  # (T_needed, *E, H, W, C)
     ok = np.stack(finite, axis=-1)
     where = np.searchsorted(needed, steps)  # (n_init, T_win)
@@ -141,7 +148,8 @@ def _as_slice(index: np.ndarray) -> slice | np.ndarray:
     return index
 
 
-def encode_inputs(obj: XArray, spec: DataSpec, init_times: Any) -> np.ndarray:
+def encode_inputs(obj: XArray, spec: DataSpec, init_times: Any, *, range_margin: float | None = None,
+                  allow_empty: bool = False) -> np.ndarray:
     """Normalised input windows ending at each init time.
 
     Only the needed time steps are loaded (Dask-friendly). The data may have descending
@@ -152,6 +160,19 @@ def encode_inputs(obj: XArray, spec: DataSpec, init_times: Any) -> np.ndarray:
     Static fields and calendar features come last (see
     :attr:`DataSpec.input_channel_names`).
 
+    Parameters
+    ----------
+    obj : xr.Dataset or xr.DataArray
+    spec : DataSpec
+    init_times : array-like
+    range_margin : float, optional
+        Refuse values outside the training range widened by this many times its width (see
+        :func:`xearthformer.layout.validation.check_range`); None (default) does not check.
+        Forecasting checks, training does not (its statistics come from these data).
+    allow_empty : bool
+        Give windows without any valid input (all NaN) as zeros instead of refusing them
+        (training drops such windows before it asks).
+
     Returns
     -------
     np.ndarray
@@ -161,7 +182,8 @@ def encode_inputs(obj: XArray, spec: DataSpec, init_times: Any) -> np.ndarray:
     ------
     DataError
         Missing variable, grid differs from the model's, init time without context,
-        irregular time or a step other than the model's, all-NaN input.
+        irregular time or a step other than the model's, all-NaN input, infinite or fill
+        values, values outside the training range (with ``range_margin``).
 
     Examples
     --------
@@ -173,14 +195,16 @@ def encode_inputs(obj: XArray, spec: DataSpec, init_times: Any) -> np.ndarray:
     check_step(time_values(prep.ds, prep.ax), spec)
     init = np.atleast_1d(np.asarray(init_times))
     offsets = np.arange(-spec.context + 1, 1)
-    x, ok, times = _windows(prep, spec, init, spec.inputs, offsets)
+    x, ok, times = _windows(prep, spec, init, spec.inputs, offsets, range_margin)
     per_sample = ok.reshape(ok.shape[0], -1).any(axis=1)
-    if not per_sample.all():
-        i = int(np.argmax(~per_sample))
-        bad = init[i // max(1, int(np.prod(prep.extra_sizes)))]
+    if not per_sample.all() and not allow_empty:
+        per_init = max(1, int(np.prod(prep.extra_sizes)))
+        empty = np.unique(np.flatnonzero(~per_sample) // per_init)
         raise DataError(
-            f"the input window ending at {format_time(bad)} is all NaN for {spec.variables}. "
-            "Fix: check the data (wrong variable, fill values not decoded?) or drop that time."
+            f"the input window ending at {format_time(init[empty[0]])} is all NaN for "
+            f"{spec.variables} ({empty.size} of {init.size} init times have no input data): there "
+            "is nothing to forecast from. Fix: choose init times with data (init=...), or check "
+            "the data (wrong variable or period?)."
         )
     n, t, h, w, _ = x.shape
     extra_planes = []

@@ -8,6 +8,7 @@ land masks, static inputs and the grid.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from .dataview import as_dataset, channel_data, extra_dims, require_vars, time_v
 from .grid import grid_from
 from .spec import CALENDAR_FEATURES, KEPT_ATTRS, NORMALIZATIONS, Channel, DataSpec, jsonable
 from .timeaxis import infer_step
+from .validation import check_finite
 
 
 def _names(value: str | Sequence[str] | None) -> list[str]:
@@ -66,11 +68,9 @@ def _plan_channels(ds: xr.Dataset, ax: Axes, variables: Sequence[str],
     return channels
 
 
-def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
-                  extra: Sequence[str], period: Any
-                  ) -> tuple[dict[str, Channel], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Normalisation constants, climatologies and land masks of every channel."""
-    # every statistic lazily first, then one compute (Dask shares the reads)
+def _statistics(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel], extra: Sequence[str]
+                ) -> tuple[xr.Dataset, dict[str, xr.DataArray]]:
+    """Every channel's statistics (count, NaN cells, min/max, mean/std or climatology), computed."""
     stats: dict[str, xr.DataArray] = {}
     climatologies: dict[str, xr.DataArray] = {}
     for name, ch in channels.items():
@@ -78,23 +78,38 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
         reduce_dims = [d for d in da.dims if d not in (ax.y, ax.x)]
         stats[f"{name}/count"] = da.count()
         stats[f"{name}/nan_cells"] = da.isnull().all(reduce_dims)
+        # min/max of every channel: the training range forecasts are checked against, and
+        # the test for infinities and fill values before they reach a normalisation constant
+        stats[f"{name}/min"] = da.min()
+        stats[f"{name}/max"] = da.max()
         if ch.method == "zscore":
             stats[f"{name}/mean"] = da.mean()
             stats[f"{name}/std"] = da.std()
-        elif ch.method == "minmax":
-            stats[f"{name}/min"] = da.min()
-            stats[f"{name}/max"] = da.max()
         elif ch.method == "anomaly":
             months = da[ax.time].dt.month
             clim = da.groupby(months).mean([d for d in reduce_dims])
             climatologies[name] = clim
             stats[f"{name}/clim"] = clim.rename(month="clim_month")
-            stats[f"{name}/std"] = (da.groupby(months) - clim).std()
-    computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords))
-                           for k, v in stats.items()}).compute()
+            anomalies = da.groupby(months) - clim
+            stats[f"{name}/std"] = anomalies.std()
+            stats[f"{name}/anomaly_min"] = anomalies.min()
+            stats[f"{name}/anomaly_max"] = anomalies.max()
+    computed = xr.Dataset({k.replace("/", "__"): v.drop_vars(list(v.coords)) for k, v in stats.items()})
+    return computed.compute(), climatologies
+
+
+def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
+                  extra: Sequence[str], period: Any
+                  ) -> tuple[dict[str, Channel], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Normalisation constants, climatologies and land masks of every channel."""
+    # every statistic lazily first, then one compute (Dask shares the reads); in-memory data
+    # compute at once: inf or huge values overflow in either case, and are refused below
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stats, climatologies = _statistics(fit, ax, channels, extra)
 
     def stat(name: str, key: str) -> np.ndarray:
-        return np.asarray(computed[f"{name}__{key}"].values)
+        return np.asarray(stats[f"{name}__{key}"].values)
 
     final: dict[str, Channel] = {}
     clim_arrays: dict[str, np.ndarray] = {}
@@ -105,6 +120,8 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
                 f"{name} is all NaN in the fitting period {period!r}. Fix: choose another "
                 "period/variable or fill the missing values."
             )
+        low, high = float(stat(name, "min")), float(stat(name, "max"))
+        check_finite(np.array([low, high]), f"the training data of {name!r} (period {period!r})")
         offset, scale = ch.offset, ch.scale
         if ch.method == "zscore":
             offset, scale = float(stat(name, "mean")), float(stat(name, "std"))
@@ -124,9 +141,21 @@ def _fit_channels(fit: xr.Dataset, ax: Axes, channels: Mapping[str, Channel],
             offset, scale = 0.0, float(stat(name, "std"))
         elif ch.method == "none":
             offset, scale = 0.0, 1.0
-        if not np.isfinite(scale) or scale <= 0:
+        if not (np.isfinite(offset) and np.isfinite(scale)):
+            raise DataError(
+                f"the normalisation constants of {name!r} are not finite (offset {offset}, scale "
+                f"{scale}): its training values ({low:g} .. {high:g}) overflow float arithmetic. "
+                "Fix: check the data for undecoded fill values or wrong units; store it as float64 "
+                "if such magnitudes are real."
+            )
+        if scale <= 0:
             scale = 1.0  # a constant field: keep values, only shift them
-        final[name] = Channel(ch.variable, ch.level, ch.method, offset, scale, ch.attrs)
+        if ch.method == "anomaly":
+            bounds = (float(stat(name, "anomaly_min")) / scale, float(stat(name, "anomaly_max")) / scale)
+        else:
+            bounds = ((low - offset) / scale, (high - offset) / scale)
+        final[name] = Channel(ch.variable, ch.level, ch.method, offset, scale, ch.attrs,
+                              range=(min(bounds), max(bounds)))
         land[name] = stat(name, "nan_cells").astype(bool)
 
     return final, clim_arrays, land

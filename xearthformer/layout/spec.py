@@ -48,6 +48,11 @@ class Channel:
         Normalisation constants (zscore: mean/std; minmax: min/(max-min); scale: given).
     attrs : dict
         ``units``, ``standard_name``, ``long_name`` of the variable.
+    range : tuple of float or None
+        (min, max) of the *normalised* training values (anomalies for ``method="anomaly"``),
+        which forecasting inputs must not leave by much
+        (:func:`xearthformer.layout.validation.check_range`); None in specs fitted before
+        ranges were kept.
     """
 
     variable: str
@@ -56,6 +61,7 @@ class Channel:
     offset: float = 0.0
     scale: float = 1.0
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    range: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -403,14 +409,21 @@ _DROP = object()
 
 
 def _channel_to_dict(c: Channel) -> dict[str, Any]:
-    return {"variable": c.variable, "level": jsonable(c.level), "method": c.method,
-            "offset": float(c.offset), "scale": float(c.scale), "attrs": jsonable(dict(c.attrs))}
+    out = {"variable": c.variable, "level": jsonable(c.level), "method": c.method,
+           "offset": float(c.offset), "scale": float(c.scale), "attrs": jsonable(dict(c.attrs))}
+    if c.range is not None:  # absent (not null) when unknown: old readers see the old layout
+        out["range"] = [float(c.range[0]), float(c.range[1])]
+    return out
 
 
 def _channel_from_dict(d: Mapping[str, Any]) -> Channel:
+    bounds = d.get("range")
+    if bounds is not None and (not isinstance(bounds, (list, tuple)) or len(bounds) != 2):
+        raise ConfigError(f"channel {d.get('variable')!r}: range must be [min, max], got {bounds!r}.")
     return Channel(variable=d["variable"], level=d.get("level"), method=d.get("method", "zscore"),
                    offset=float(d.get("offset", 0.0)), scale=float(d.get("scale", 1.0)),
-                   attrs=dict(d.get("attrs", {})))
+                   attrs=dict(d.get("attrs", {})),
+                   range=None if bounds is None else (float(bounds[0]), float(bounds[1])))
 
 
 def coslat(lat: Any) -> Any:

@@ -137,6 +137,9 @@ def infer_step(times: Any) -> TimeStep:
     times = np.asarray(times)
     if times.dtype.kind != "M" and not (times.dtype.kind == "O" and times.size
                                         and hasattr(times.flat[0], "calendar")):
+        from .validation import check_time_index
+
+        check_time_index(times)  # time-zone aware stamps: say so, not "not dates"
         raise DataError(
             f"time values are not dates (dtype {times.dtype}). Fix: decode them, e.g. "
             "xr.decode_cf(ds), or give the time variable CF units such as 'days since 2000-01-01'."
@@ -153,6 +156,7 @@ def infer_step(times: Any) -> TimeStep:
             f"time is not increasing: step {i} goes from {format_time(times[i])} to {format_time(times[i + 1])}. "
             "Fix: sort by time and drop duplicates (ds.sortby('time').drop_duplicates('time'))."
         )
+    dm = None
     if (d >= 28 * _UNIT_NS["days"]).all():  # maybe calendar months (lengths vary)
         parts = time_parts(times)
         dm = np.diff(parts["year"] * 12 + parts["month"])
@@ -164,12 +168,49 @@ def infer_step(times: Any) -> TimeStep:
             if d[0] % _UNIT_NS[unit] == 0:
                 return TimeStep(int(d[0] // _UNIT_NS[unit]), unit)
         raise DataError(f"time step of {d[0]} ns is below one second; not supported.")
-    i = int(np.argmax(d != d[0]))
-    raise DataError(
-        f"time steps are irregular: {format_time(times[0])} -> {format_time(times[1])} is "
-        f"{np.timedelta64(int(d[0]), 'ns').astype('m8[s]')}, but {format_time(times[i])} -> "
-        f"{format_time(times[i + 1])} is {np.timedelta64(int(d[i]), 'ns').astype('m8[s]')}. "
-        "Fix: resample to a regular step (ds.resample(time=...).mean()) or fill the gaps."
+    raise DataError(_irregular(times, d, dm))
+
+
+def _modal(values: np.ndarray) -> tuple[int, int]:
+    """The most common value and how often it occurs."""
+    uniq, counts = np.unique(values, return_counts=True)
+    k = int(np.argmax(counts))
+    return int(uniq[k]), int(counts[k])
+
+
+_PANDAS_FREQ = {"days": "D", "hours": "h", "minutes": "min", "seconds": "s"}
+
+
+def _fixed_parts(ns: int) -> tuple[int, str]:
+    """A fixed step in ns as (count, largest unit that divides it); ns below a second as ns."""
+    for unit in FIXED_UNITS:
+        if ns % _UNIT_NS[unit] == 0:
+            return ns // _UNIT_NS[unit], unit
+    return ns, "ns"
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit[:-1] if abs(n) == 1 and unit.endswith('s') else unit}"
+
+
+def _irregular(times: np.ndarray, d: np.ndarray, dm: np.ndarray | None) -> str:
+    """The message for irregular steps: the usual step and the first place that breaks it
+    (a gap, a doubled or a shifted time), with the fix."""
+    step_ns, count = _modal(d)
+    if dm is not None and _modal(dm)[1] >= count and _modal(dm)[0] >= 1:
+        k, count = _modal(dm)
+        i = int(np.argmax(dm != k))
+        usual, odd, freq = _plural(k, "months"), _plural(int(dm[i]), "months"), f"{k}MS"
+    else:
+        i = int(np.argmax(d != step_ns))
+        n, unit = _fixed_parts(step_ns)
+        usual, odd = _plural(n, unit), _plural(*_fixed_parts(int(d[i])))
+        freq = f"{n}{_PANDAS_FREQ.get(unit, 'ns')}"
+    return (
+        f"time steps are irregular: the step is {usual} at {count} of {d.size} places, but "
+        f"{format_time(times[i])} -> {format_time(times[i + 1])} is {odd}. Fix: make the step regular "
+        f"by inserting the missing times as NaN (e.g. ds.resample(time={freq!r}).mean(); training "
+        "skips windows without data), or select a regular part of the record."
     )
 
 

@@ -19,6 +19,7 @@ from .axes import Axes, XArray, find_axes
 from .dataview import as_dataset, time_values
 from .spec import DataSpec
 from .timeaxis import format_time, infer_step
+from .validation import check_calendar, init_labels
 
 
 def check_step(times: np.ndarray, spec: DataSpec) -> None:
@@ -73,12 +74,14 @@ def init_times(obj: XArray, spec: DataSpec, init: Any = None, targets: bool = Fa
             "Fix: pass a longer record."
         )
     check_step(times, spec)
+    check_calendar(str(ds[ax.time].dt.calendar), spec)
     first, last = spec.context - 1, n - 1 - (spec.lead if targets else 0)
     if init is None:
         return times[first:last + 1]
+    init = init_labels(init)  # datetime.date -> midnight; time-zone aware -> refused
     try:
         chosen = np.atleast_1d(ds[ax.time].sel({ax.time: init}).values)
-    except KeyError as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise DataError(
             f"init time(s) {init!r} not found on the time axis, which runs from "
             f"{format_time(times[0])} to {format_time(times[-1])}. Fix: pick times present in the data."
@@ -141,3 +144,42 @@ def required_time_slice(obj: XArray, spec: DataSpec, init_times: Any,
             f"0..{ds.sizes[ax.time] - 1}. Fix: choose init times from init_times(ds, spec)."
         )
     return slice(start, stop)
+
+
+def valid_windows(obj: XArray, spec: DataSpec, init_times: Any) -> np.ndarray:
+    """Which training windows hold data: (n_init, samples per init) bool, True where some
+    context step has a valid (not NaN) input value and some lead step a valid target value.
+
+    Windows that fail are gaps in the record (all NaN); training skips them instead of
+    refusing the record. Reads the data once (for Dask-backed data: one compute of a
+    per-step summary).
+
+    Examples
+    --------
+    >>> valid_windows(sst, spec, init_times(sst, spec, targets=True)).sum()   # doctest: +SKIP
+    """
+    from .dataview import channel_data, extra_dims
+
+    ds = as_dataset(obj, spec)
+    ax = find_axes(ds)
+    extra = extra_dims(ds, ax, spec.variables)
+    sizes = tuple(int(ds.sizes[e]) for e in extra)
+
+    def has_data(channels: Any) -> Any:
+        found = None
+        for ch in channels:
+            da = channel_data(ds, ax, ch, extra).notnull().any([ax.y, ax.x])
+            da = da.expand_dims({e: ds.sizes[e] for e in extra if e not in da.dims}).transpose(ax.time, *extra)
+            found = da if found is None else found | da
+        return found
+
+    inputs, targets = has_data(spec.inputs), has_data(spec.targets)
+    computed = xr.Dataset({"i": inputs.drop_vars(list(inputs.coords)),
+                           "t": targets.drop_vars(list(targets.coords))}).compute()
+    has_in = np.asarray(computed["i"].values).reshape(-1, *sizes)
+    has_out = np.asarray(computed["t"].values).reshape(-1, *sizes)
+    pos = time_positions(ds, ax, init_times)
+    ok = np.zeros((pos.size, *sizes), dtype=bool)
+    for k, p in enumerate(pos):
+        ok[k] = has_in[p - spec.context + 1:p + 1].any(axis=0) & has_out[p + 1:p + 1 + spec.lead].any(axis=0)
+    return ok.reshape(pos.size, -1)

@@ -29,6 +29,7 @@ from ..errors import DataError
 from ..layout.axes import find_coord  # noqa: F401
 from ..layout.dataview import is_lazy  # noqa: F401
 from ..layout.spec import coslat
+from ..layout.validation import check_pair
 
 LEAD = "lead_time"
 INIT = "init_time"
@@ -121,24 +122,84 @@ def _month_number(times: xr.DataArray) -> xr.DataArray:
     return times.dt.year * 12 + times.dt.month - 1
 
 
-def align_to_valid_time(forecast: XArray, observed: XArray) -> XArray:
+#: what ``obs_resample`` may be: None (refuse observations finer than a calendar-step forecast)
+#: or "mean" (average them over each calendar month/year first)
+OBS_RESAMPLE = (None, "mean")
+
+
+def _calendar_step(forecast: XArray) -> str | None:
+    """"months"/"years" for a forecast with calendar-step leads, else None."""
+    if LEAD in forecast.coords:
+        units = str(forecast[LEAD].attrs.get("units", ""))
+        if units in ("months", "month"):
+            return "months"
+        if units in ("years", "year"):
+            return "years"
+    return None
+
+
+def _periods(times: xr.DataArray, step: str) -> np.ndarray:
+    months = np.asarray(_month_number(times).values)
+    return months // 12 if step == "years" else months
+
+
+def _finer_than(observed: XArray, step: str) -> int:
+    """The most observations that fall in one calendar month (year, for yearly steps)."""
+    periods = _periods(observed[TIME], step)
+    return int(np.unique(periods, return_counts=True)[1].max()) if periods.size else 0
+
+
+def resample_observations(observed: XArray, step: str, how: str = "mean") -> XArray:
+    """Observations averaged over each calendar month (``step="months"``) or year, labelled by
+    the period's start: what a monthly forecast is compared with.
+
+    >>> import pandas as pd, xarray as xr
+    >>> daily = xr.DataArray(range(59), dims="time", coords={"time": pd.date_range("2000-01-01", periods=59)})
+    >>> resample_observations(daily, "months").values.tolist()
+    [15.0, 44.5]
+    """
+    if how != "mean":
+        raise DataError(f"obs_resample={how!r} is not known; expected one of {OBS_RESAMPLE}")
+    return observed.resample({TIME: "MS" if step == "months" else "YS"}).mean()
+
+
+def align_to_valid_time(forecast: XArray, observed: XArray, obs_resample: str | None = None) -> XArray:
     """Observations on ``time`` re-indexed onto the forecast's ``valid_time(init_time, lead_time)``.
 
-    Exact time matches are used first; monthly data (forecast ``lead_time`` in months, or
-    observations about a month apart) are matched by calendar month, since monthly means are
-    stamped on different days by different producers. Valid times without an observation
-    become NaN (and are skipped by the scores); none at all is an error.
+    Exact time matches are used first. Monthly (yearly) data are matched by calendar month
+    (year) where no exact match exists, since monthly means are stamped on different days by
+    different producers; that fallback serves only the points that need it. Observations
+    finer than a calendar-step forecast (daily observations, a monthly forecast) are refused,
+    or averaged over each calendar month first with ``obs_resample="mean"``: matching one day
+    of a month to a monthly value would be a silent wrong answer. Valid times without an
+    observation become NaN (and are skipped by the scores); none at all is an error.
     """
+    if obs_resample not in OBS_RESAMPLE:
+        raise DataError(f"obs_resample={obs_resample!r} is not known; expected one of {OBS_RESAMPLE}")
+    step = _calendar_step(forecast)
+    if step is not None and _finer_than(observed, step) > 1:
+        if obs_resample is None:
+            raise DataError(
+                f"the observations are finer than the forecast: up to {_finer_than(observed, step)} "
+                f"values fall in one calendar {step[:-1]}, while the forecast has one per {step[:-1]}. "
+                "Matching one of them to the forecast would be arbitrary. Fix: pass "
+                f"obs_resample='mean' (to rmse, mse, mae, mean_bias, acc) to average them over each "
+                f"{step[:-1]} first, or resample them yourself: obs.resample(time="
+                f"{'MS' if step == 'months' else 'YS'!r}).mean()")
+        observed = resample_observations(observed, step, obs_resample)
     valid = valid_times(forecast)
     obs_times = observed[TIME]
     index = obs_times.to_index()
     flat = valid.values.ravel()
     positions = np.asarray(index.get_indexer(flat))
-    if (positions < 0).any() and _is_monthly(forecast, observed):
-        obs_month = np.asarray(_month_number(obs_times).values)
-        want = np.asarray(_month_number(valid).values).ravel()
-        lookup = {m: i for i, m in enumerate(obs_month)}
-        positions = np.array([lookup.get(m, -1) for m in want])
+    missing = positions < 0
+    if missing.any() and (step is not None or _is_monthly(forecast, observed)):
+        by = step or "months"
+        obs_period = _periods(obs_times, by)
+        if np.unique(obs_period).size == obs_period.size:  # one observation per period
+            lookup = {int(m): i for i, m in enumerate(obs_period)}
+            want = _periods(valid, by).ravel()
+            positions[missing] = [lookup.get(int(m), -1) for m in want[missing]]
     if (positions < 0).all():
         raise DataError(
             f"none of the forecast's valid times ({flat.min()} .. {flat.max()}) is in the "
@@ -233,20 +294,26 @@ def _harmonise_coords(observed: XArray, forecast: XArray) -> XArray:
     return observed.assign_coords(updates) if updates else observed
 
 
-def prepare_pair(forecast: Any, observed: Any) -> tuple[XArray, XArray]:
-    """Coerce and align a forecast/observation pair.
+def prepare_pair(forecast: Any, observed: Any, obs_resample: str | None = None) -> tuple[XArray, XArray]:
+    """Coerce, validate and align a forecast/observation pair.
+
+    The pair goes through the one validation
+    (:func:`xearthformer.layout.validation.check_pair`: numbers, no undecoded packing
+    attributes, the same units, no +-inf or fill values), then observations on ``time`` are
+    aligned to the forecast's ``valid_time`` (:func:`align_to_valid_time`, ``obs_resample``).
 
     Returns xarray objects with identical shared coordinates. Raises
-    :class:`~xearthformer.errors.DataError` when they cannot be matched.
+    :class:`~xearthformer.errors.DataError` when they cannot be used or matched.
     """
     fc = to_xarray(forecast)
     obs = to_xarray(observed, like=fc)
     if isinstance(fc, xr.DataArray) and not isinstance(forecast, (xr.DataArray, xr.Dataset)):
         fc = to_xarray(forecast, like=obs)
+    fc, obs = check_pair(fc, obs)
     if VALID in fc.coords and TIME not in fc.dims:
         obs = standard_time(obs)  # e.g. observations on a CF time dim named TIME
     if VALID in fc.coords and TIME in obs.dims and TIME not in fc.dims:
-        obs = align_to_valid_time(fc, obs)
+        obs = align_to_valid_time(fc, obs, obs_resample)
     elif VALID in fc.coords and set(obs.dims) - set(fc.dims):
         # without this, xarray would broadcast the observations against every forecast
         raise DataError(

@@ -29,15 +29,16 @@ from ._common import (
 )
 
 
-def _pair_error(forecast: Any, observed: Any, dim: Dims, weights: Any):
-    fc, obs = prepare_pair(forecast, observed)
+def _pair_error(forecast: Any, observed: Any, dim: Dims, weights: Any, obs_resample: str | None = None):
+    fc, obs = prepare_pair(forecast, observed, obs_resample)
     shared_variables(fc, obs)
     err = fc - obs
     dims = reduce_dims(err, dim)
     return fc, obs, err, dims, area_weights(fc, weights)
 
 
-def mse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
+def mse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
+        obs_resample: str | None = None) -> XArray:
     """Mean squared error.
 
     Parameters
@@ -50,44 +51,51 @@ def mse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> 
         ``control``.
     weights
         None, ``"coslat"`` (cosine of latitude) or a DataArray broadcastable to the data.
+    obs_resample
+        None (default) or ``"mean"``: observations finer than a monthly (yearly) forecast are
+        refused, or with ``"mean"`` averaged over each calendar month (year) first (see
+        :func:`xearthformer.metrics._common.align_to_valid_time`).
 
     >>> import numpy as np, xarray as xr
     >>> float(mse(xr.DataArray(np.array([1.0, 3.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     5.0
     """
-    _, _, err, dims, w = _pair_error(forecast, observed, dim, weights)
+    _, _, err, dims, w = _pair_error(forecast, observed, dim, weights, obs_resample)
     return named(weighted_mean(err**2, dims, w), "mse")
 
 
-def mae(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
+def mae(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
+        obs_resample: str | None = None) -> XArray:
     """Mean absolute error; parameters as in :func:`mse`.
 
     >>> import numpy as np, xarray as xr
     >>> float(mae(xr.DataArray(np.array([1.0, -3.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     2.0
     """
-    _, _, err, dims, w = _pair_error(forecast, observed, dim, weights)
+    _, _, err, dims, w = _pair_error(forecast, observed, dim, weights, obs_resample)
     return named(weighted_mean(abs(err), dims, w), "mae")
 
 
-def rmse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
+def rmse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
+         obs_resample: str | None = None) -> XArray:
     """Root mean squared error (square root of :func:`mse`); parameters as in :func:`mse`.
 
     >>> import numpy as np, xarray as xr
     >>> float(rmse(xr.DataArray(np.array([3.0, 4.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     3.5355339059327378
     """
-    return named(np.sqrt(mse(forecast, observed, dim, weights)), "rmse")
+    return named(np.sqrt(mse(forecast, observed, dim, weights, obs_resample)), "rmse")
 
 
-def mean_bias(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None) -> XArray:
+def mean_bias(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
+        obs_resample: str | None = None) -> XArray:
     """Mean error forecast - observed (positive: the forecast is too high); as :func:`mse`.
 
     >>> import numpy as np, xarray as xr
     >>> float(mean_bias(xr.DataArray(np.array([1.0, 3.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     2.0
     """
-    _, _, err, dims, w = _pair_error(forecast, observed, dim, weights)
+    _, _, err, dims, w = _pair_error(forecast, observed, dim, weights, obs_resample)
     return named(weighted_mean(err, dims, w), "mean_bias")
 
 
@@ -98,6 +106,7 @@ def acc(
     weights: Any = None,
     climatology: Any = None,
     centered: bool = False,
+    obs_resample: str | None = None,
 ) -> XArray:
     """Anomaly correlation coefficient.
 
@@ -112,7 +121,7 @@ def acc(
     >>> float(acc(fc, 2 * fc))
     1.0
     """
-    fc, obs = prepare_pair(forecast, observed)
+    fc, obs = prepare_pair(forecast, observed, obs_resample)
     shared_variables(fc, obs)
     if climatology is not None:
         clim = climatology

@@ -32,6 +32,7 @@ import xarray as xr
 
 from ..errors import DataError
 from ..layout.spec import coslat
+from ..layout.validation import check_units
 from ._common import (
     CONTROL,
     INIT,
@@ -41,6 +42,7 @@ from ._common import (
     VALID,
     Dims,
     find_coord,
+    match_longitude,
     prepare_pair,
     reduce_dims,
     standard_time,
@@ -224,6 +226,9 @@ def _anomalies(box: xr.DataArray, climatology: Any, base_period: Any) -> xr.Data
             "coordinate, or pass climatology=0 for data that already are anomalies"
         )
     clim = monthly_climatology(box, base_period) if climatology is None else to_xarray(climatology)
+    # the climatology may come from data in the other longitude convention (observations in
+    # 0..360, a forecast in -180..180): the same alignment as every pair score
+    clim = match_longitude(clim, box)
     if "month" not in clim.dims:
         raise DataError(f"climatology has dims {list(clim.dims)}; expected a 'month' dim (1..12)")
     shared = [d for d in clim.dims if d in box.dims]
@@ -425,6 +430,9 @@ def nino34_skill(
     >>> fc.earthformer.nino34_skill(sst).c_nino34_m   # doctest: +SKIP
     """
     observed = find_sst(observed_sst)
+    forecast_field = find_sst(forecast_sst)
+    check_units(observed.attrs.get("units"), forecast_field.attrs.get("units"), forecast_field.name or "sst",
+                have="the observations", expected="the forecast gives")
     if protocol is None and climatology is None:
         if TIME in observed.dims or VALID in observed.coords:
             climatology = monthly_climatology(_box(observed)[0], base_period)

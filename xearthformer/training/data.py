@@ -16,6 +16,7 @@ needs; small in-memory data are encoded once and kept (``cache``).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from .. import layout
-from ..errors import DataError
+from ..errors import DataError, XEarthformerWarning
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,36 @@ def _time_index(ds: xr.Dataset, time: str, when: Any) -> int:
     return 0 if start is None else int(start)
 
 
-def split_by_time(ds: xr.Dataset, val: Any = 0.2, time: str | None = None) -> TimeSplit:
+#: the share of the record that ``val="auto"`` validates on
+AUTO_VAL_FRACTION = 0.2
+
+
+def _auto_start(n: int, window: int | None) -> int | None:
+    """Start of the validation period of ``val="auto"`` (None: no validation)."""
+    n_val = max(1, int(round(AUTO_VAL_FRACTION * n)))
+    if window is None:
+        return n - n_val if n - n_val > 0 else None
+    n_val = max(n_val, window)                     # at least one validation window
+    return n - n_val if n - n_val >= window else None
+
+
+def split_by_time(ds: xr.Dataset, val: Any = "auto", time: str | None = None,
+                  window: int | None = None) -> TimeSplit:
     """Split ``ds`` into a training and a later validation period.
 
     Parameters
     ----------
     ds : xr.Dataset
-    val : float, str, datetime-like, slice or None
-        A fraction in (0, 1): the last ``val`` of the time steps; a time label: validation
-        starts there; a slice: the validation period (training = everything before its
-        start); None or 0: no validation.
+    val : "auto", float, str, datetime-like, slice or None
+        ``"auto"`` (default): the last 20 % of the time steps, widened to one ``window`` when
+        that is shorter; no validation (with a warning) when the record cannot hold a training
+        and a validation window. A fraction in (0, 1): the last ``val`` of the time steps; a
+        time label: validation starts there; a slice: the validation period (training =
+        everything before its start); None or 0: no validation.
     time : str, optional
         Time dimension (default: found with :func:`xearthformer.layout.find_axes`).
+    window : int, optional
+        Steps of one window (context + lead), for ``"auto"``.
 
     Returns
     -------
@@ -83,6 +102,19 @@ def split_by_time(ds: xr.Dataset, val: Any = 0.2, time: str | None = None) -> Ti
     """
     time = time or layout.find_axes(ds).time
     n = ds.sizes[time]
+    if isinstance(val, str) and val == "auto":
+        start = _auto_start(n, window)
+        if start is None and window is not None and n < window:  # not even one window: the
+            return TimeSplit(ds, None, _period(ds, time, 0, n), None)  # spec fit says so
+        if start is None:
+            warnings.warn(
+                f"the record has {n} time steps: too few for a training and a validation window "
+                f"(context + lead = {window} steps each), so training runs without validation (no "
+                "best epoch, no early stopping). Pass val=... to choose a validation period.",
+                XEarthformerWarning, stacklevel=3)
+            return TimeSplit(ds, None, _period(ds, time, 0, n), None)
+        return TimeSplit(ds.isel({time: slice(0, start)}), ds.isel({time: slice(start, n)}),
+                         _period(ds, time, 0, start), _period(ds, time, start, n))
     if val is None or (isinstance(val, (int, float)) and not isinstance(val, bool) and val == 0):
         return TimeSplit(ds, None, _period(ds, time, 0, n), None)
     stop = None
@@ -134,6 +166,9 @@ class XarrayWindows:
     cache : bool
         Encode every window once and keep them in memory (small data); otherwise encode
         each batch when asked, loading only the time steps it needs (Dask/Zarr data).
+    keep : np.ndarray, optional
+        (n_init, samples per init) bool: the windows to use (default all), e.g. those
+        :func:`xearthformer.layout.valid_windows` finds data in.
 
     Examples
     --------
@@ -142,25 +177,30 @@ class XarrayWindows:
     31
     """
 
-    def __init__(self, ds: xr.Dataset, spec: layout.DataSpec, inits: Any, cache: bool = False) -> None:
+    def __init__(self, ds: xr.Dataset, spec: layout.DataSpec, inits: Any, cache: bool = False,
+                 keep: np.ndarray | None = None) -> None:
         self.ds = ds
         self.spec = spec
         self.inits = np.asarray(inits)
         self.per_init = samples_per_init(ds, spec)
+        # window ids (init position * per_init + sample) in use: all, or those ``keep`` marks
+        everything = np.arange(len(self.inits) * self.per_init)
+        self.windows = everything if keep is None else everything[np.asarray(keep, bool).ravel()]
         self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        if cache and len(self.inits):
+        if cache and len(self.windows):
             self._cache = self._encode(self.inits)
 
     def __len__(self) -> int:
-        return len(self.inits) * self.per_init
+        return len(self.windows)
 
     def _encode(self, inits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = layout.encode_inputs(self.ds, self.spec, inits)
+        # windows without input are never asked for (``keep``), but may share an init time
+        x = layout.encode_inputs(self.ds, self.spec, inits, allow_empty=True)
         y, mask = layout.encode_targets(self.ds, self.spec, inits)
         return x, y, mask
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = self.windows[np.asarray(indices, dtype=np.int64)]
         if self._cache is not None:
             x, y, m = self._cache
             return x[indices], y[indices], m[indices]

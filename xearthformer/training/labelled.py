@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from .. import layout
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, XEarthformerWarning
 from ..models import registry
 from .data import TimeSplit, XarrayWindows, estimated_bytes, split_by_time
 
@@ -76,7 +77,7 @@ def train(
     lead: int = 14,
     epochs: int = 20,
     batch_size: int = 8,
-    val: Any = 0.2,
+    val: Any = "auto",
     device: Any = "auto",
     checkpoint_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -117,9 +118,11 @@ def train(
         Input steps and predicted steps per window.
     epochs, batch_size : int
         Passes over the training windows; global batch size.
-    val : float, str, slice or None
-        Validation period at the end of the record: a fraction of the time steps, a start
-        time (e.g. ``"2009-10"``), a slice, or None (no validation, no early stopping).
+    val : "auto", float, str, slice or None
+        Validation period at the end of the record: ``"auto"`` (default: the last 20 % of
+        the steps, at least one window; none, with a warning, when the record holds only one
+        training window), a fraction of the time steps, a start time (e.g. ``"2009-10"``), a
+        slice, or None (no validation, no early stopping).
     device : str
         ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda:1"``...
     checkpoint_dir : path-like, optional
@@ -171,7 +174,7 @@ def train(
                            warmup=warmup, clip_grad=clip_grad, precision=precision,
                            activation_checkpointing=activation_checkpointing, patience=patience,
                            seed=seed, steps_per_epoch=steps_per_epoch, progress=progress)
-    split = split_by_time(ds, val)
+    split = split_by_time(ds, val, window=int(context) + int(lead))
     spec = layout.fit_spec(ds, _variables(ds, variables), targets, context=context, lead=lead,
                            normalization=normalization, period=split.train_period,
                            static=static, calendar=calendar)
@@ -221,10 +224,13 @@ def window_sources(split: TimeSplit, spec: layout.DataSpec, cache: bool | str = 
     ``cache``: keep encoded windows in memory; "auto" does for in-memory data whose windows
     take less than :data:`CACHE_LIMIT_BYTES`, never for Dask/Zarr-backed data.
 
+    Windows without any valid input or target value (gaps in the record, all NaN) are
+    skipped, with a warning saying how many.
+
     Raises
     ------
     DataError
-        The validation period is shorter than one window.
+        The validation period is shorter than one window; no training window holds data.
     """
     train_inits = layout.init_times(split.train_data, spec, targets=True)
     val_inits = None
@@ -237,13 +243,22 @@ def window_sources(split: TimeSplit, spec: layout.DataSpec, cache: bool | str = 
                 f"{spec.context + spec.lead}); pass a larger val, shorter windows, or val=None.")
         val_inits = layout.init_times(split.val_data, spec, targets=True)
 
-    def source(data: xr.Dataset, inits: Any) -> XarrayWindows:
-        keep = cache is True or (cache == "auto" and not layout.is_lazy(data)
-                                 and estimated_bytes(len(inits), spec) < CACHE_LIMIT_BYTES)
-        return XarrayWindows(data, spec, inits, cache=bool(keep))
+    def source(data: xr.Dataset, inits: Any, role: str) -> XarrayWindows:
+        ok = layout.valid_windows(data, spec, inits)
+        if not ok.all():
+            warnings.warn(
+                f"skipping {int((~ok).sum())} of {ok.size} {role} windows whose inputs or targets are "
+                "all missing (NaN: gaps in the record); the other windows are used as they are.",
+                XEarthformerWarning, stacklevel=3)
+        if role == "training" and not ok.any():
+            raise DataError(f"none of the {ok.size} training windows holds data (every one is all NaN "
+                            "in its inputs or targets). Fix: check the variables and period.")
+        cached = cache is True or (cache == "auto" and not layout.is_lazy(data)
+                                   and estimated_bytes(len(inits), spec) < CACHE_LIMIT_BYTES)
+        return XarrayWindows(data, spec, inits, cache=bool(cached), keep=ok)
 
-    train_src = source(split.train_data, train_inits)
-    val_src = None if split.val_data is None else source(split.val_data, val_inits)
+    train_src = source(split.train_data, train_inits, "training")
+    val_src = None if split.val_data is None else source(split.val_data, val_inits, "validation")
     return train_src, val_src
 
 
@@ -317,6 +332,8 @@ def _split_names(values: Sequence[str] | None) -> list[str] | None:
 def _parse_val(text: str) -> Any:
     if text.lower() in ("none", "0", ""):
         return None
+    if text.lower() == "auto":
+        return "auto"
     try:
         value = float(text)
     except ValueError:
@@ -353,8 +370,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=20,
                         help="passes over the training windows (default 20)")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size")
-    parser.add_argument("--val", type=_parse_val, default=0.2,
-                        help="validation period: fraction at the end, start date, or none")
+    parser.add_argument("--val", type=_parse_val, default="auto",
+                        help="validation period: auto (default: the last 20%%, at least one window), "
+                             "a fraction at the end, a start date, or none")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -374,12 +392,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model config overrides, e.g. --set base_units=32 proj_drop=0.1")
 
 
+def _check_output(output: str, inputs: Sequence[str]) -> None:
+    """Refuse an ``--output`` that would replace anything but a bundle (an input, other data)."""
+    from ..checkpoint import read_metadata
+    from ..data.files import input_paths
+    from ..errors import CheckpointError
+
+    if not os.path.exists(output):
+        return
+    if os.path.realpath(output) in {os.path.realpath(p) for p in input_paths(inputs)}:
+        raise ConfigError(f"--output {output} is one of the --input files; it would be replaced by the "
+                          "model bundle. Fix: choose another --output, e.g. model.xef.")
+    try:
+        read_metadata(output)
+    except CheckpointError as err:
+        raise ConfigError(f"--output {output} exists and is not an xearthformer bundle ({err}); it is not "
+                          "replaced. Fix: choose another --output (an existing bundle is replaced).") from err
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``xearthformer train``; only rank 0 writes the bundle under torchrun."""
     from ..checkpoint import save
 
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (the folder holding last.pt).")
+    _check_output(args.output, args.input)  # before hours of training, not after
     ds = open_input(args.input)
     forecaster = train(
         ds, preset=args.preset, family=args.family, variables=_split_names(args.variables),

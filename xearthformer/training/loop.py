@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..device import resolve_device
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError, TrainingError
 from ..parallel import distributed_info
 from ..progress import progress_bar, tqdm_class
 from .objectives import Batch, LossTerms, MaskedMSE, Objective
@@ -494,6 +494,14 @@ def fit(
                     group["lr"] = lr
                 loss, step_logs = _train_step(net, model, optimizer, scaler, batch, objective, amp, device,
                                               config.clip_grad)
+                if not math.isfinite(loss):  # every rank sees the same (global) loss
+                    raise TrainingError(
+                        f"the training loss became {loss} at epoch {epoch + 1}, step {run.step + 1} "
+                        f"(learning rate {lr:.3g}): the run stops instead of returning a model whose "
+                        "forecasts are NaN. xef.train checks its inputs and normalisation constants to "
+                        "be finite, so there the optimisation diverged. Fix: a lower lr, precision='fp32', gradient "
+                        "clipping (clip_grad); with a checkpoint_dir, last.pt holds the last "
+                        "completed epoch.")
                 if ema is not None:
                     ema.update(model)
                 losses.append(loss)

@@ -24,6 +24,7 @@ torch.Size([2, 6, 32, 32, 1])
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -157,6 +158,31 @@ class Earthformer(nn.Module):
             opts = getattr(module, "opts", None)
             if isinstance(opts, BlockOptions):
                 module.opts = dataclasses.replace(opts, checkpoint_level=level)
+
+    def inference_bytes_per_sample(self) -> int:
+        """Peak bytes one sample adds to an inference pass (the memory planner's estimate,
+        :func:`xearthformer.memory.activation_bytes`).
+
+        Two phases take the most: the stem and head, whose convolutions run at (nearly) full
+        resolution (``32 B`` per value of the largest stage, inputs x the stage's channels),
+        and the attention blocks at level 0, whose transient tensors (q, k, v, attention
+        output, the FFN's 4x hidden layer, residuals) scale with the level-0 tokens x channels
+        (``128 B * max(T_in, T_out) * H0 * W0 * C0``); the peak is the larger, plus ``64 B`` per
+        input and output value. The factors were fitted to the peak resident memory measured on
+        the CPU (batches of 16, torch 2.13); the estimate was 0.9-1.4x the measurement on the
+        tiny, small, enso and sevir presets (``benchmarks/bench_memory.py``).
+        """
+        cfg = self.config
+        t_in, t_out = cfg.input_shape[0], cfg.target_shape[0]
+        _, h0, w0, c0 = self.mem_shapes[0]
+        body = 128 * max(t_in, t_out) * h0 * w0 * c0
+        stem = 0
+        for shape in (cfg.input_shape, cfg.target_shape):
+            stages = self.initial_encoder.out_shapes(shape)
+            inputs = [tuple(shape[:3])] + [tuple(o[:3]) for o in stages[:-1]]
+            stem = max(stem, *(32 * math.prod(grid) * out[3] for grid, out in zip(inputs, stages)))
+        io = math.prod(cfg.input_shape) + math.prod(cfg.target_shape)
+        return int(max(body, stem) + 64 * io)
 
     # ---------------------------------------------------------------- forward
     def check_input(self, x: Any) -> None:

@@ -107,7 +107,8 @@ def official_spec(preset: str) -> DataSpec:
     from ...layout import Channel, DataSpec, Grid, TimeStep
 
     if preset == "sevir":
-        vil = Channel("vil", method="scale", offset=0.0, scale=255.0,
+        # the official scalings map the full data range onto [0, 1]: that is the training range
+        vil = Channel("vil", method="scale", offset=0.0, scale=255.0, range=(0.0, 1.0),
                       attrs={"units": "1", "long_name": "vertically integrated liquid (SEVIR pixel code)"})
         grid = Grid(y="y", x="x", y_values=np.arange(384), x_values=np.arange(384), lat=None, lon=None,
                     coord_attrs={"y": {"long_name": "pixel row (1 km pixels)", "units": "1"},
@@ -115,7 +116,7 @@ def official_spec(preset: str) -> DataSpec:
         return DataSpec(inputs=(vil,), targets=(vil,), grid=grid, step=TimeStep(5, "minutes"),
                         context=13, lead=12)
     if preset == "enso":
-        sst = Channel("sst", method="minmax", offset=SST_MIN, scale=SST_MAX - SST_MIN,
+        sst = Channel("sst", method="minmax", offset=SST_MIN, scale=SST_MAX - SST_MIN, range=(0.0, 1.0),
                       attrs={"units": "degC", "long_name": "sea surface temperature anomaly"})
         grid = Grid(y="lat", x="lon", y_values=np.arange(-55.0, 60.1, 5.0), x_values=np.arange(95.0, 330.1, 5.0),
                     lat="lat", lon="lon",
