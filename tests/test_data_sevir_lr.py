@@ -9,6 +9,7 @@ from pathlib import Path
 import dask
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.test_data_sevir import make_sevir
@@ -132,3 +133,14 @@ def test_errors_say_what_to_fix(tmp_path):
         sevir_lr.open_sevir_lr(tmp_path / "short", split="val")
     with pytest.raises(DataError, match="resolution"):
         sevir_lr.open_sevir_lr(tmp_path / "short", resolution="hr")
+
+
+def test_catalog_without_minute_offsets(roots, tmp_path):
+    # without the column the 25 stored frames are centred on time_utc, 10 minutes apart
+    _, lr_root, _ = roots
+    shutil.copytree(lr_root, tmp_path / "lr")
+    cat = pd.read_csv(tmp_path / "lr" / "CATALOG.csv").drop(columns="minute_offsets")
+    cat.to_csv(tmp_path / "lr" / "CATALOG.csv", index=False)
+    ds = sevir_lr.open_sevir_lr(tmp_path / "lr")
+    np.testing.assert_array_equal(ds.time.values, np.arange(-120, 121, 10).astype("timedelta64[m]"))
+
