@@ -144,3 +144,17 @@ def test_catalog_without_minute_offsets(roots, tmp_path):
     ds = sevir_lr.open_sevir_lr(tmp_path / "lr")
     np.testing.assert_array_equal(ds.time.values, np.arange(-120, 121, 10).astype("timedelta64[m]"))
 
+
+def test_write_sevir_lr_writes_what_downsample_sevir_writes(roots, tmp_path):
+    sevir_root, lr_root, _ = roots
+    out = sevir_lr.write_sevir_lr(sevir_root, tmp_path / "written", events_per_read=3, progress=False)
+    assert (out / "CATALOG.csv").read_bytes() == (lr_root / "CATALOG.csv").read_bytes()
+    written = sorted(p.relative_to(out) for p in out.rglob("*.h5"))
+    assert written == sorted(p.relative_to(lr_root) for p in lr_root.rglob("*.h5")) and len(written) == 2
+    for name in written:
+        with h5py.File(out / name, "r") as a, h5py.File(lr_root / name, "r") as b:
+            assert list(a) == ["vil"] and a["vil"].dtype == np.uint8
+            np.testing.assert_array_equal(a["vil"][:], b["vil"][:])
+    with pytest.raises(DataError, match="exists"):
+        sevir_lr.write_sevir_lr(sevir_root, out)
+

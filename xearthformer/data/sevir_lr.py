@@ -13,7 +13,8 @@ with ``np.max``) -> 384 x 384 becomes 128 x 128. This module reads either
   ``(N, 128, 128, 25)`` (``N, H, W, T``; no ``id`` dataset), uint8 codes. The published
   ``sevir_lr.zip`` (no longer downloadable) unpacks to a ``sevir_lr/`` folder that the official
   loader reads the same way (``<root>/CATALOG.csv``, ``<root>/data``); its exact contents were
-  not inspected here, so this reader supports what ``downsample_sevir.py`` writes.
+  not inspected here, so this reader supports what ``downsample_sevir.py`` writes, and
+  :func:`write_sevir_lr` writes the same from SEVIR.
 
 Which one a folder holds is told by the files' frame count (49: SEVIR, 25: SEVIR-LR). Shapes
 otherwise come from the files (a grid not divisible by 3 is pooled like ``block_reduce``:
@@ -36,9 +37,11 @@ pixel codes; ``scaled=True`` (or :func:`xearthformer.data.sevir.scale`) gives th
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import DataError
@@ -177,6 +180,73 @@ def open_sevir_lr(
                                   f"every {TIME_FACTOR}nd frame, {SPACE_FACTOR}x{SPACE_FACTOR} "
                                   "max-pool (PreDiff downsample_sevir.py)"))
     return ds
+
+
+def write_sevir_lr(
+    sevir_root: str | os.PathLike,
+    out_root: str | os.PathLike,
+    events_per_read: int = 64,
+    progress: bool | None = None,
+) -> Path:
+    """Write SEVIR-LR files from SEVIR, as PreDiff's ``downsample_sevir.py`` does.
+
+    The published ``sevir_lr.zip`` can no longer be downloaded; this makes the same layout
+    (about 1/18 of the size) once, so later reads skip the full-resolution files:
+    ``out_root/CATALOG.csv`` (SEVIR's catalog, copied as it is) and, for every VIL file the
+    catalog names, ``out_root/data/<file_name>`` holding one dataset ``vil``
+    ``(N, H/3, W/3, 25)`` uint8 (every event of the file, downsampled by :func:`downsample`).
+    Unlike the official script, which reads each file whole, events are read
+    ``events_per_read`` at a time.
+
+    Parameters
+    ----------
+    sevir_root
+        SEVIR folder (``CATALOG.csv`` + ``data/vil/...``).
+    out_root
+        New folder; refused if it exists (as the official script does).
+    events_per_read
+        Events read and downsampled at once (memory: ~7 MB each).
+    progress
+        Progress bar over files (None: only on a terminal).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_root``, ready for :func:`open_sevir_lr`.
+
+    Examples
+    --------
+    >>> write_sevir_lr("~/data/sevir", "~/data/sevir_lr")           # doctest: +SKIP
+    >>> win = sevir_lr_windows("~/data/sevir_lr", split="test")     # doctest: +SKIP
+    """
+    import shutil
+
+    from ..progress import progress_bar
+
+    src, out = Path(sevir_root).expanduser(), Path(out_root).expanduser()
+    if out.exists():
+        raise DataError(f"{str(out)!r} exists; write_sevir_lr makes a new folder. Remove it or pick another.")
+    catalog = src / "CATALOG.csv"
+    if not catalog.is_file():
+        raise DataError(f"SEVIR catalog {str(catalog)!r} not found; expected a SEVIR folder "
+                        "(CATALOG.csv + data/vil/...)")
+    cat = pd.read_csv(catalog, usecols=["img_type", "file_name"], low_memory=False)
+    files = sorted(cat.file_name[cat.img_type == "vil"].unique())       # every VIL file it names
+    arrays = sevir._file_arrays(src / "data", files, "vil")
+    (out / "data").mkdir(parents=True)
+    shutil.copyfile(src / "CATALOG.csv", out / "CATALOG.csv")
+    step = max(1, int(events_per_read))
+    for name, arr in progress_bar(list(zip(files, arrays)), progress=progress, desc="sevir-lr", unit="file"):
+        n, h, w, t = arr.shape
+        shape = (n, -(-h // SPACE_FACTOR), -(-w // SPACE_FACTOR), -(-t // TIME_FACTOR))
+        path = out / "data" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sevir._h5py().File(path, "w") as f:
+            dset = f.create_dataset("vil", shape=shape, dtype=arr.dtype, maxshape=(None, *shape[1:]))
+            for i in range(0, n, step):
+                frames = arr[i:i + step].transpose(0, 3, 1, 2)                # N,H,W,T -> N,T,H,W
+                dset[i:i + step] = downsample(frames).transpose(0, 2, 3, 1)
+    return out
 
 
 def sevir_lr_windows(
