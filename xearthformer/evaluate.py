@@ -230,14 +230,15 @@ def _draws(forecaster: Forecaster, members: Any, steps: int | None, sampler: str
     return _Draws(member_indices(EVALUATE_MEMBERS if members is None else members), int(seed), sampling)
 
 
-def _pooled_counts(pred: xr.DataArray, obs: xr.DataArray, dims: list[str]) -> dict[int, xr.Dataset]:
-    """SEVIR-protocol counts per threshold and lead at the pixel scale (key 1) and max-pooled
-    over each of :data:`POOLS`."""
+def _pooled_counts(pred: xr.DataArray, obs: xr.DataArray, dims: list[str],
+                   pools: tuple[int, ...] = (1, *POOLS)) -> dict[int, xr.Dataset]:
+    """SEVIR-protocol counts per threshold and lead, max-pooled over each of ``pools`` blocks
+    (1: the pixel scale)."""
     from .metrics import contingency
     from .metrics.categorical import SEVIR_THRESHOLDS
 
     return {p: contingency(pred, obs, thresholds=list(SEVIR_THRESHOLDS), dim=dims,
-                           pool=None if p == 1 else p, protocol="sevir") for p in (1, *POOLS)}
+                           pool=None if p == 1 else p, protocol="sevir") for p in pools}
 
 
 def _crps_sums(ens: xr.DataArray, obs: xr.DataArray) -> dict[int, tuple[float, int]]:
@@ -291,7 +292,7 @@ def _evaluate_sevir_lr(forecaster: Forecaster, data_dir: Any, split: str, batch_
         sums["ab"] += float(np.abs(err).sum())
         if draws.members is not None:
             mean = p_da.astype(np.float64).mean("member")
-            c = _pooled_counts(mean, o_da, ["init_time", "y", "x"])[1]
+            c = _pooled_counts(mean, o_da, ["init_time", "y", "x"], pools=(1,))[1]
             mean_counts = c if mean_counts is None else mean_counts + c
             mean_err = mean.values / 255.0 - truth
             sums["mean_sq"] += float(np.square(mean_err).sum())
