@@ -112,6 +112,7 @@ def test_trainval_scaled_and_other_grids(roots, tmp_path):
     ds = sevir_lr.open_sevir_lr(sevir_root, split="trainval", scaled=True)
     assert ds.event.values.tolist() == ["R200", "S100", "S101", "S103", "S105", "S106"]
     assert ds.vil.dtype == np.float32 and ds.vil.attrs["units"] == "1"
+    assert "dtype" not in ds.vil.encoding                  # written files keep the floats
     np.testing.assert_array_equal(ds.vil.sel(event="S105").values,
                                   sevir.scale(expected_lr(frames, ds, "S105")))
     # a grid that 3 does not divide: the edge blocks hold what is there (block_reduce's padding)

@@ -175,10 +175,11 @@ def open_sevir_lr(
         ds["vil"] = ds["vil"].copy(data=ds["vil"].data.map_blocks(sevir.scale, dtype=np.float32))
         ds["vil"].attrs = {"long_name": "vertically integrated liquid (SEVIR pixel code / 255)",
                            "units": "1", "valid_range": [0.0, 1.0]}
+        ds["vil"].encoding = {}          # not the codes' uint8: a written file keeps the floats
     ds.attrs.update(source="SEVIR-LR",
                     downsampling=("as stored" if kind == "lr" else
-                                  f"every {TIME_FACTOR}nd frame, {SPACE_FACTOR}x{SPACE_FACTOR} "
-                                  "max-pool (PreDiff downsample_sevir.py)"))
+                                  f"frames 0, {TIME_FACTOR}, {2 * TIME_FACTOR}, ...; "
+                                  f"{SPACE_FACTOR}x{SPACE_FACTOR} max-pool (PreDiff downsample_sevir.py)"))
     return ds
 
 
