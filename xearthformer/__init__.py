@@ -41,6 +41,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_official": ("xearthformer.models.earthformer.official", "load_official"),
     "pretrained": ("xearthformer.hub", "pretrained"),
     "train": ("xearthformer.training.labelled", "train"),
+    "to_pysteps": ("xearthformer.cf", "to_pysteps"),
+    "to_earth2studio": ("xearthformer.cf", "to_earth2studio"),
     "metrics": ("xearthformer.metrics", None),
 }
 
