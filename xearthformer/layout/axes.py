@@ -198,6 +198,8 @@ def find_coord(obj: XArray, kind: str) -> str | None:
     :data:`COMMON_NAMES`), of any dimensionality; None when there is none. For code that needs
     one axis and must not fail without the others (the metrics on forecasts, indices...).
 
+    Examples
+    --------
     >>> find_coord(xr.Dataset(coords={"nav_lat": [0.0, 1.0]}), "latitude")
     'nav_lat'
     """

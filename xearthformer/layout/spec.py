@@ -431,6 +431,8 @@ def coslat(lat: Any) -> Any:
     beyond a pole must not weigh negatively). Works on numpy and xarray alike: the one
     definition of area weights for losses (:func:`area_weights`) and scores (``metrics``).
 
+    Examples
+    --------
     >>> coslat(np.array([0.0, 60.0, 90.0])).round(3).tolist()
     [1.0, 0.5, 0.0]
     """
