@@ -56,6 +56,7 @@ class Channel:
 
     Examples
     --------
+    >>> import numpy as np
     >>> sst = Channel("sst", offset=290.0, scale=2.0, attrs={"units": "K"})
     >>> float(sst.normalise(294.0)), float(sst.denormalise(np.float32(2.0)))
     (2.0, 294.0)
@@ -149,6 +150,7 @@ class Grid:
 
     Examples
     --------
+    >>> import numpy as np
     >>> grid = Grid.latlon(np.arange(-55, 61, 5.0), np.arange(95, 331, 5.0))
     >>> grid.shape, grid.y, grid.lat
     ((24, 48), 'lat', 'lat')
@@ -479,7 +481,7 @@ def target_mask(spec: DataSpec) -> np.ndarray:
     --------
     Fitted on SST with a land point (NaN at every time):
 
-    >>> import pandas as pd, xarray as xr
+    >>> import numpy as np, pandas as pd, xarray as xr
     >>> from xearthformer.layout import fit_spec
     >>> values = np.arange(24.0).reshape(6, 2, 2)
     >>> values[:, 0, 0] = np.nan
