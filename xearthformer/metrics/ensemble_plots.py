@@ -68,6 +68,8 @@ def plot_rank_histogram(histogram: xr.DataArray, ax: Any = None, rank_dim: Hasha
     -------
     matplotlib.figure.Figure
 
+    Examples
+    --------
     >>> fig = plot_rank_histogram(xr.DataArray([3, 5, 4], dims="rank"))  # doctest: +SKIP
     """
     from .probabilistic import rank_histogram_flatness
@@ -112,6 +114,8 @@ def plot_reliability(diagram: xr.Dataset, hue: Hashable | None = None) -> Any:
     matplotlib.figure.Figure
         Two axes: the diagram with the diagonal, and the counts per bin.
 
+    Examples
+    --------
     >>> fig = plot_reliability(reliability(ens, obs, threshold=[16, 74], dim=None))  # doctest: +SKIP
     """
     from .events import BIN_DIM
@@ -168,6 +172,8 @@ def plot_rapsd(spectra: xr.DataArray | xr.Dataset, hue: Hashable | None = None,
     -------
     matplotlib.figure.Figure
 
+    Examples
+    --------
     >>> fig = plot_rapsd(rapsd(fc, obs, dim=["init_time"]))  # doctest: +SKIP
     """
     from .spectral import WAVENUMBER
@@ -235,6 +241,8 @@ def plot_members(
     matplotlib.figure.Figure
         ``rows x lead times`` image axes plus one colour bar.
 
+    Examples
+    --------
     >>> fig = plot_members(ens, observed=vil, context=vil, members=3)  # doctest: +SKIP
     """
     ens = single_variable(to_xarray(ensemble), "the ensemble")
