@@ -254,7 +254,7 @@ def rank_histogram_flatness(histogram: xr.DataArray, rank_dim: Hashable = "rank"
     >>> float(out.chi2), float(out.p_value)
     (0.0, 1.0)
     """
-    histogram = to_xarray(histogram)
+    histogram = single_variable(to_xarray(histogram), "the rank histogram")
     if rank_dim not in histogram.dims:
         raise DataError(
             f"the histogram has dims {list(histogram.dims)}; expected a {rank_dim!r} dim "
