@@ -368,8 +368,11 @@ class PreDiff(nn.Module):
         The largest of three phases: the denoiser's attention blocks at level 0 (``128 B`` per
         value of the (T_in + T_out) x h x w x base_units tokens, as Earthformer's estimate),
         and the VAE's encoder and decoder, whose first/last level runs at full resolution
-        (``32 B`` per value of T x H_pad x W_pad x block_out_channels[0]) and whose mid-block
-        attention holds (h w)^2 scores per frame; plus ``64 B`` per input and output value.
+        (``24 B`` per value of T x H_pad x W_pad x block_out_channels[0]) and whose mid-block
+        attention holds (h w)^2 scores per frame; plus ``64 B`` per input and output value. The
+        factors were fitted to the peak resident memory of one 1-step pass measured on the CPU
+        (batches of 8, torch 2.13): the estimate was 1.0-1.2x the measurement on the tiny and
+        sevirlr presets at 30-128 pixels (``benchmarks/bench_memory.py --family prediff``).
         """
         cfg = self.config
         t_in, t_out = cfg.input_shape[0], cfg.target_shape[0]
@@ -377,6 +380,6 @@ class PreDiff(nn.Module):
         f = self.vae.downsample_factor
         ch0 = cfg.vae_config.block_out_channels[0]
         body = 128 * (t_in + t_out) * h * w * cfg.unet_config.base_units
-        vae = max(t_in, t_out) * (32 * (h * f) * (w * f) * ch0 + 8 * (h * w) ** 2)
+        vae = max(t_in, t_out) * (24 * (h * f) * (w * f) * ch0 + 8 * (h * w) ** 2)
         io = math.prod(cfg.input_shape) + math.prod(cfg.target_shape)
         return int(max(body, vae) + 64 * io)
