@@ -39,6 +39,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "save": ("xearthformer.checkpoint", "save"),
     "load": ("xearthformer.checkpoint", "load"),
     "load_official": ("xearthformer.models.earthformer.official", "load_official"),
+    "load_official_prediff": ("xearthformer.models.prediff.official", "load_official_prediff"),
     "pretrained": ("xearthformer.hub", "pretrained"),
     "train": ("xearthformer.training.labelled", "train"),
     "metrics": ("xearthformer.metrics", None),

@@ -102,7 +102,7 @@ _FAMILIES: dict[str, Family] = {
         config=f"{_PREDIFF}.family:PreDiffConfig",
         presets=f"{_PREDIFF}.family:presets",
         objective="xearthformer.training.prediff:DiffusionObjective",
-        official_loader=None,
+        official_loader=f"{_PREDIFF}.official:official_forecaster",
         bundle_classes=("PreDiff",),
     ),
 }
