@@ -42,6 +42,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_official_prediff": ("xearthformer.models.prediff.official", "load_official_prediff"),
     "pretrained": ("xearthformer.hub", "pretrained"),
     "train": ("xearthformer.training.labelled", "train"),
+    "train_prediff": ("xearthformer.training.prediff", "train_prediff"),
     "metrics": ("xearthformer.metrics", None),
 }
 

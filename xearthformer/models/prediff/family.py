@@ -275,6 +275,12 @@ class PreDiff(nn.Module):
             raise ConfigError(f"unknown PreDiff preset {name!r}; valid: {', '.join(table)}")
         return cls(table[name].replace(**overrides) if overrides else table[name])
 
+    def forward(self, z_t: Tensor, t: Tensor | int, cond: Tensor) -> Tensor:
+        """The denoiser's prediction (N, T_out, h, w, c) for noisy scaled latents ``z_t`` at
+        diffusion times ``t`` given the scaled latent context ``cond`` (what training calls:
+        under DistributedDataParallel only a call of the module synchronises gradients)."""
+        return self.denoiser(z_t, t, cond)
+
     # ------------------------------------------------------------------ latents
     def encode_context(self, x: Tensor) -> Tensor:
         """Scaled latent context (N, T_in, h, w, c): the VAE posterior mode of each frame."""
@@ -356,7 +362,7 @@ class PreDiff(nn.Module):
         def draw(shape: torch.Size) -> Tensor:
             return noise.randn(shape[1:], device=x.device, dtype=x.dtype)
 
-        z = sample(lambda z_t, t: self.denoiser(z_t, t, cond), draw((n * m, *latent)), chain,
+        z = sample(lambda z_t, t: self(z_t, t, cond), draw((n * m, *latent)), chain,
                    noise_fn=draw, progress=progress)
         y = self.decode_latents(z)
         return y.reshape(n, m, *y.shape[1:])
