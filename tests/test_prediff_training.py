@@ -125,13 +125,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(data, tmp_path, monkeypatch
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("vae."))   # the finished VAE stage is kept
     ref_losses = reference.metadata["training"]["denoiser"]["history"]["step_loss"]
-    losses = resumed.metadata["training"]["denoiser"]["history"]["step_loss"]
-    assert losses[:3] == ref_losses[:3]           # the restored state continues the same batches
-    # after the first resumed optimizer step the PreDiff run drifts at float32 rounding level
-    # (~1e-5 relative; the loop's own resume test on a small network is bit-exact)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
-    assert worst < 1e-3, worst
+    assert resumed.metadata["training"]["denoiser"]["history"]["step_loss"] == ref_losses
+    for k in a:                                   # the same as the uninterrupted run
+        assert torch.equal(a[k], b[k]), k
 
 
 # ---------------------------------------------------------------------------------- objectives

@@ -312,6 +312,9 @@ def train_prediff(
     net = _with_config(net, net.config.replace(latent_scale=scale))
     net.vae.load_state_dict(vae.state_dict())
     for p in net.vae.parameters():
+        # frozen, and without the VAE stage's last gradients: the loop clips the norm of every
+        # gradient the model holds, and stale ones would scale the denoiser's steps
+        p.grad = None
         p.requires_grad_(False)
     net.vae.eval()
 

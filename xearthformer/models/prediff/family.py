@@ -263,8 +263,8 @@ class PreDiff(nn.Module):
         self.config = config
         self.vae = FrameVAE(config.vae_config)
         self.denoiser = CuboidTransformerUNet(config.unet_config)
-        self.alignments = nn.ModuleDict({a["name"]: NoisyCuboidTransformerEncoder(AlignmentConfig.from_dict(a["config"]))
-                                         for a in config.alignments})
+        self.alignments = nn.ModuleDict({
+            a["name"]: NoisyCuboidTransformerEncoder(AlignmentConfig.from_dict(a["config"])) for a in config.alignments})
         self.schedule = config.noise_schedule()
 
     @classmethod
