@@ -179,6 +179,21 @@ def _raising(*args, **kwargs):
     raise AssertionError("something was computed while building the lazy ensemble")
 
 
+def test_the_ensemble_file_is_cf_and_scores_with_xskillscore(model, data, tmp_path):
+    import xskillscore as xs
+
+    from tests.cfcheck import cf_errors
+
+    ens = F.ensemble(data, model, members=3, init=data.time.values[3:5], device="cpu", progress=False)
+    path = str(tmp_path / "ens.nc")
+    ens.to_netcdf(path)
+    assert cf_errors(path) == []
+    obs = data.rain.sel(time=ens.valid_time.isel(lead_time=0).values).rename(time="init_time")
+    obs = obs.assign_coords(init_time=ens.init_time.values)
+    crps = xs.crps_ensemble(obs, ens.rain.isel(lead_time=0))     # member_dim="member" as it is
+    assert np.isfinite(float(crps)) and float(crps) >= 0
+
+
 def test_forecast_is_the_member_mean(model, data):
     kwargs = dict(init=data.time.values[4:6], device="cpu", progress=False)
     fc = F.forecast(data, model, members=3, **kwargs)
