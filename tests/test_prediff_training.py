@@ -172,6 +172,19 @@ def test_vae_objective_is_the_per_frame_vae_loss_and_skips_missing_points():
     torch.testing.assert_close(terms.total, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_latent_std_is_the_std_of_the_latents_whatever_the_batch():
+    from xearthformer.training.loop import TensorSource
+
+    torch.manual_seed(0)
+    vae = PreDiff(presets()["tiny"].replace(input_shape=(CONTEXT, G, G, 1), target_shape=(LEAD, G, G, 1))).vae
+    y = np.random.default_rng(0).normal(size=(10, LEAD, G, G, 1)).astype("f4")
+    source = TensorSource(np.zeros((10, CONTEXT, G, G, 1), "f4"), y)
+    with torch.no_grad():
+        expected = float(vae.encode(torch.from_numpy(y[:7]))[0].std())
+    for bs in (1, 3, 8):
+        assert tp.latent_std(vae, source, windows=7, batch_size=bs) == pytest.approx(expected, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------- CLI, refusals
 def test_cli_trains_a_prediff_bundle(data, tmp_path):
     path = tmp_path / "storms.nc"

@@ -152,19 +152,26 @@ class DiffusionObjective:
         return LossTerms(err.sum(), float(err.numel()))
 
 
-def latent_std(vae: FrameVAE, source: Any, windows: int = SCALE_WINDOWS, device: Any = "cpu") -> float:
+def latent_std(vae: FrameVAE, source: Any, windows: int = SCALE_WINDOWS, device: Any = "cpu",
+               batch_size: int = 8) -> float:
     """Standard deviation of the posterior-mode latents of the target frames of the first
-    ``windows`` windows of ``source`` (LDM's ``scale_by_std`` uses 1 / this)."""
+    ``windows`` windows of ``source``, encoded ``batch_size`` windows at a time (LDM's
+    ``scale_by_std`` uses 1 / this)."""
     n = min(len(source), windows)
-    _, y, mask = source.get(np.arange(n))
-    y_t = torch.from_numpy(np.ascontiguousarray(y)).to(device)
-    m_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).to(device)
+    total, squares, count = 0.0, 0.0, 0
     was = vae.training
     vae.eval()
     with torch.no_grad():
-        mean, _ = vae.encode(_clean(y_t, m_t))
+        for start in range(0, n, batch_size):
+            _, y, mask = source.get(np.arange(start, min(n, start + batch_size)))
+            y_t = torch.from_numpy(np.ascontiguousarray(y)).to(device)
+            m_t = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).to(device)
+            mean, _ = vae.encode(_clean(y_t, m_t))
+            mean = mean.double()
+            total, squares, count = total + float(mean.sum()), squares + float((mean ** 2).sum()), count + mean.numel()
     vae.train(was)
-    return float(mean.float().std())
+    average = total / count
+    return math.sqrt(max(squares / count - average ** 2, 0.0) * count / max(count - 1, 1))
 
 
 def _check_request(variables: list[str], targets: Any, static: Sequence[str], calendar: Sequence[str],
@@ -307,7 +314,7 @@ def train_prediff(
     vae = vae_fit.model.vae
     scale = 1.0
     if scale_latents:
-        std = latent_std(vae, train_src, device=next(vae.parameters()).device)
+        std = latent_std(vae, train_src, device=next(vae.parameters()).device, batch_size=stage1.batch_size)
         scale = 1.0 / std if math.isfinite(std) and std > 0 else 1.0
     net = _with_config(net, net.config.replace(latent_scale=scale))
     net.vae.load_state_dict(vae.state_dict())
