@@ -311,13 +311,12 @@ def train_prediff(
                   VAEObjective(kl_weight=kl_weight, reconstruction=reconstruction), device=device,
                   checkpoint_dir=None if ckdir is None else ckdir / "vae", resume=_stage_resume(resume, ckdir, "vae"),
                   augment=augment)
-    vae = vae_fit.model.vae
+    vae = vae_fit.model.vae  # (net.vae itself, with the stage's best weights)
     scale = 1.0
     if scale_latents:
         std = latent_std(vae, train_src, device=next(vae.parameters()).device, batch_size=stage1.batch_size)
         scale = 1.0 / std if math.isfinite(std) and std > 0 else 1.0
     net = _with_config(net, net.config.replace(latent_scale=scale))
-    net.vae.load_state_dict(vae.state_dict())
     for p in net.vae.parameters():
         # frozen, and without the VAE stage's last gradients: the loop clips the norm of every
         # gradient the model holds, and stale ones would scale the denoiser's steps
