@@ -40,7 +40,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", action="store_true",
                         help="storms only: train a tiny PreDiff and score its ensemble (CRPS, CSI, spread/skill)")
     parser.add_argument("--members", type=int, default=None,
-                        help="--ensemble: ensemble size (default 16; --quick: 4)")
+                        help="--ensemble: ensemble size (default 16; --quick: 2)")
     parser.add_argument("--sampler", default=None, help="--ensemble: ddpm, ddim or dpm++2m (default: the model's)")
     parser.add_argument("--steps", type=int, default=None, help="--ensemble: sampling steps (default: the model's)")
 

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 ENSEMBLE_FILE = "storms_ensemble.nc"
 PREDIFF_FILE = "storms_prediff.xef"
-MEMBERS, QUICK_MEMBERS = 16, 4
+MEMBERS, QUICK_MEMBERS = 16, 2
+# --quick: two sampler steps (a smoke test; a CPU denoiser evaluation costs ~0.05 s per member)
+QUICK_STEPS = 2
 PREDIFF_PRESET = "tiny"
 SCORE_DIMS = ["init_time", "lead_time", "y", "x"]
 
@@ -138,13 +140,16 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     members : int, optional
         Ensemble size (default :data:`MEMBERS`, ``--quick``: :data:`QUICK_MEMBERS`).
     sampling : dict, optional
-        Sampling options for the family (``sampler``, ``steps``); default: the bundle's own.
+        Sampling options for the family (``sampler``, ``steps``); default: the bundle's own
+        (``--quick``: :data:`QUICK_STEPS` steps).
     """
     from ..checkpoint import save
     from ..metrics import plot_members
 
     members = members if members is not None else (QUICK_MEMBERS if quick else MEMBERS)
     sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
+    if quick:
+        sampling.setdefault("steps", QUICK_STEPS)
     ds, split = storms_data(quick, seed)
     train_ds = ds.isel(time=slice(0, split))
     print(f"synthetic storms: {ds.sizes['time']} frames of {SIZE[0]}x{SIZE[1]} (5 min, 2 km); training "
