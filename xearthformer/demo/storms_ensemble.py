@@ -165,7 +165,6 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     train_ds = ds.isel(time=slice(0, split))
     print(f"synthetic storms: {ds.sizes['time']} frames of {SIZE[0]}x{SIZE[1]} (5 min, 2 km); training "
           f"on the first {split}, testing on the last {ds.sizes['time'] - split}")
-    det = deterministic_model(train_ds, out, quick, seed, device)
     t0 = time.perf_counter()
     model = train_ensemble_model(train_ds, out, epochs, quick, seed, device)
     train_seconds = time.perf_counter() - t0
@@ -179,6 +178,9 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     sample_seconds = time.perf_counter() - t0
     ens_path = out / ENSEMBLE_FILE
     ens.to_netcdf(ens_path)
+    # the deterministic model comes last: a run of the deterministic case alongside this one
+    # can still provide it
+    det = deterministic_model(train_ds, out, quick, seed, device)
     fc = ds.earthformer.forecast(det, init=inits, device=device, progress=False)
 
     obs = ds["vil"]
