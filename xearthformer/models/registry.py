@@ -53,6 +53,11 @@ class Family:
         network's module (the first is the network itself).
     datasets : tuple of str
         Data sets :func:`xearthformer.evaluate.evaluate` may score this family on.
+    trainer : str or None
+        ``"module:function"`` that trains this family on labelled data when one loop with the
+        default objective is not enough (PreDiff: the VAE, then the denoiser);
+        :func:`xearthformer.train` hands it all its arguments. None: ``xearthformer.train``
+        itself trains the network with ``objective``.
     """
 
     name: str
@@ -63,9 +68,10 @@ class Family:
     official_loader: str | None = None
     bundle_classes: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
+    trainer: str | None = None
 
     def __post_init__(self) -> None:
-        for what in ("network", "config", "presets", "objective", "official_loader"):
+        for what in ("network", "config", "presets", "objective", "official_loader", "trainer"):
             ref = getattr(self, what)
             if ref is not None and (not isinstance(ref, str) or ref.count(":") != 1):
                 raise ConfigError(f"family {self.name!r}: {what} must be a 'module:attribute' string, "
@@ -94,7 +100,7 @@ _FAMILIES: dict[str, Family] = {
         objective="xearthformer.training.objectives:MaskedMSE",
         official_loader=f"{_EARTHFORMER}.official:official_forecaster",
         bundle_classes=("Earthformer",),
-        datasets=("sevir", "enso"),
+        datasets=("sevir", "enso", "sevir-lr"),
     ),
     "prediff": Family(
         name="prediff",
@@ -102,8 +108,10 @@ _FAMILIES: dict[str, Family] = {
         config=f"{_PREDIFF}.family:PreDiffConfig",
         presets=f"{_PREDIFF}.family:presets",
         objective="xearthformer.training.prediff:DiffusionObjective",
-        official_loader=None,
+        official_loader=f"{_PREDIFF}.official:official_forecaster",
         bundle_classes=("PreDiff",),
+        trainer="xearthformer.training.prediff:train_prediff",
+        datasets=("sevir-lr",),
     ),
 }
 
@@ -175,7 +183,17 @@ def resolve(ref: str) -> Any:
 
 
 def presets(family: str = "earthformer") -> dict[str, ModelConfig]:
-    """The named configs of ``family`` (Earthformer: ``sevir``, ``enso``, ``small``, ``tiny``)."""
+    """The named configs of ``family`` (Earthformer: ``sevir``, ``enso``, ``small``, ``tiny``).
+
+    Examples
+    --------
+    >>> import xearthformer as xef
+    >>> sorted(xef.presets())
+    ['enso', 'sevir', 'small', 'tiny']
+    >>> xef.presets()["sevir"].input_shape, xef.presets()["sevir"].target_shape
+    ((13, 384, 384, 1), (12, 384, 384, 1))
+    >>> cfg = xef.presets()["tiny"].replace(input_shape=(4, 16, 16, 1), target_shape=(2, 16, 16, 1))
+    """
     return dict(resolve(_row(family).presets)())
 
 
