@@ -97,22 +97,6 @@ def test_quick_storms_demo_reports_csi(tmp_path, capsys):
     assert 0 <= rows["earthformer"]["csi_m"] <= 1
 
 
-@pytest.fixture
-def untrained_prediff(monkeypatch):
-    """Until xef.train_prediff is on main: the real PreDiff family, untrained (the pipeline and
-    the scores are what this test checks, not the skill)."""
-    from xearthformer import layout
-    from xearthformer.demo import storms_ensemble
-    from xearthformer.models.base import Forecaster
-    from xearthformer.training.labelled import build_network
-
-    def untrained(train_ds, out, epochs=None, quick=False, seed=0, device="auto"):
-        spec = layout.fit_spec(train_ds, ["vil"], context=6, lead=6, normalization=storms_ensemble.VIL_SCALE)
-        return Forecaster(build_network("prediff", "tiny", spec, seed), spec)
-
-    monkeypatch.setattr(storms_ensemble, "train_ensemble_model", untrained)
-
-
 def brute_force_scores(ens: np.ndarray, det: np.ndarray, obs: np.ndarray, pers: np.ndarray) -> dict[str, float]:
     """CRPS, MAE, CSI-74 of the ensemble mean and the spread/skill ratio in plain numpy, over
     (init, lead, member, y, x) ensembles and (init, lead, y, x) fields, pooled over every point."""
@@ -134,7 +118,7 @@ def brute_force_scores(ens: np.ndarray, det: np.ndarray, obs: np.ndarray, pers: 
             "ratio": float(np.sqrt((m + 1) / m) * spread / rmse)}
 
 
-def test_quick_storms_ensemble_demo_writes_cf_members_and_scores_them(tmp_path, capsys, untrained_prediff):
+def test_quick_storms_ensemble_demo_writes_cf_members_and_scores_them(tmp_path, capsys):
     assert main(["demo", "--case", "storms", "--ensemble", "--quick", "--output", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "spread/skill" in printed and "CPU cores" in printed
