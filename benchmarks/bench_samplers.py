@@ -133,7 +133,10 @@ def main() -> None:
     parser.add_argument("--json", default=None,
                         help="where to write the results (default benchmarks/bench_samplers.json; --quick: none)")
     parser.add_argument("--reference-steps", type=int, default=1000, help="DDPM steps of the reference")
-    parser.add_argument("--steps", default="10,20,50", help="steps of DDIM and DPM-Solver++ (comma-separated)")
+    parser.add_argument("--steps", default="10,20,50", help="steps of the fast samplers (comma-separated)")
+    parser.add_argument("--fast", default=",".join(FAST),
+                        help="the samplers compared with the reference (default ddim,dpm++2m; add ddpm for "
+                             "ancestral sampling at few steps)")
     parser.add_argument("--quick", action="store_true",
                         help="a few-step model, 4 inits x 2 members x 2 seeds, DDPM-50 vs 5/10 steps: a smoke test")
     args = parser.parse_args()
@@ -142,7 +145,8 @@ def main() -> None:
     if args.quick:
         args.inits, args.members, args.seeds, args.reference_steps = 4, 2, 2, 50
         args.steps = "5,10" if args.steps == "10,20,50" else args.steps
-    cases = [("ddpm", args.reference_steps)] + [(name, int(n)) for n in args.steps.split(",") for name in FAST]
+    cases = [("ddpm", args.reference_steps)] + [(name, int(n)) for n in args.steps.split(",")
+                                                 for name in args.fast.split(",")]
     if args.quick:
         tmp = tempfile.TemporaryDirectory()
         model = quick_model(Path(tmp.name), args.data_seed)
