@@ -22,6 +22,7 @@ Every score is pooled over pixels, init times and leads.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,7 +194,10 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
           f"pooled; CSI of the ensemble mean; events are value >= threshold):\n")
     print(table)
     (out / "storms_ensemble_skill.md").write_text(table + "\n")
-    sample_info = {"members": members, "init_times": n_init, "seed": seed, **sampling,
+    from . import machine
+
+    sample_info = {"machine": machine(), "load_average": list(os.getloadavg()),
+                   "members": members, "init_times": n_init, "seed": seed, **sampling,
                    "train_seconds": round(train_seconds, 1), "sample_seconds": round(sample_seconds, 1),
                    "seconds_per_member": round(sample_seconds / (members * n_init), 4)}
     (out / "storms_ensemble_skill.json").write_text(json.dumps({"rows": rows, **sample_info}, indent=1) + "\n")
