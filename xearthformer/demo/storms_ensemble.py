@@ -43,10 +43,11 @@ MEMBERS, QUICK_MEMBERS = 8, 2
 # every 3rd test init (15 min apart: neighbouring 5-min inits are nearly the same case), so the
 # ensemble samples in minutes on a CPU; all three forecasts are scored on these same inits
 INIT_STRIDE = 3
-# the training budget of the tiny PreDiff: ~10 minutes on 2 shared CPU cores (see README)
+# the tiny PreDiff's training budget, aimed at 10 minutes on 2 CPU cores (measured: 15 min at
+# load 6-10 on a shared 2-core VM, see README)
 VAE_EPOCHS, VAE_BATCH, VAE_STEPS = 2, 4, 25
 DENOISER_EPOCHS, DENOISER_BATCH, DENOISER_STEPS = 3, 4, 30
-# --quick: two sampler steps (a smoke test; a CPU denoiser evaluation costs ~0.05 s per member)
+# --quick: two sampler steps (a smoke test; one denoiser evaluation costs 0.05-0.2 s per member on a CPU)
 QUICK_STEPS = 2
 PREDIFF_PRESET = "tiny"
 SCORE_DIMS = ["init_time", "lead_time", "y", "x"]
@@ -142,7 +143,7 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     out : Path
         Output folder (a ``storms_model.xef`` there is reused as the deterministic model).
     epochs : int, optional
-        PreDiff training epochs (default: the family's ``train_prediff`` default).
+        Denoiser training epochs (default :data:`DENOISER_EPOCHS`).
     quick : bool
         A few training steps and fewer frames: a smoke test of the pipeline, not a result.
     seed : int
@@ -157,6 +158,7 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     """
     from ..checkpoint import save
     from ..metrics import plot_members
+    from . import machine
 
     members = members if members is not None else (QUICK_MEMBERS if quick else MEMBERS)
     sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
@@ -194,8 +196,6 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
           f"pooled; CSI of the ensemble mean; events are value >= threshold):\n")
     print(table)
     (out / "storms_ensemble_skill.md").write_text(table + "\n")
-    from . import machine
-
     sample_info = {"machine": machine(), "load_average": list(os.getloadavg()),
                    "members": members, "init_times": n_init, "seed": seed, **sampling,
                    "train_seconds": round(train_seconds, 1), "sample_seconds": round(sample_seconds, 1),
