@@ -95,3 +95,58 @@ def test_quick_storms_demo_reports_csi(tmp_path, capsys):
             false += np.sum(last & ~o)
     assert rows["persistence"]["csi_74"] == pytest.approx(hits / (hits + misses + false), abs=1e-3)
     assert 0 <= rows["earthformer"]["csi_m"] <= 1
+
+
+def brute_force_scores(ens: np.ndarray, det: np.ndarray, obs: np.ndarray, pers: np.ndarray) -> dict[str, float]:
+    """CRPS, MAE, CSI-74 of the ensemble mean and the spread/skill ratio in plain numpy, over
+    (init, lead, member, y, x) ensembles and (init, lead, y, x) fields, pooled over every point."""
+    e = ens.astype(np.float64)
+    o = obs.astype(np.float64)
+    m = e.shape[2]
+    skill = np.abs(e - o[:, :, None]).mean(2)
+    pairs = np.abs(e[:, :, :, None] - e[:, :, None, :]).sum((2, 3)) / (2 * m * m)
+    mean = e.mean(2)
+
+    def csi(f: np.ndarray, t: float) -> float:
+        hits = np.sum((f >= t) & (o >= t))
+        return hits / (hits + np.sum((f < t) & (o >= t)) + np.sum((f >= t) & (o < t)))
+
+    spread = np.sqrt(e.var(2, ddof=1).mean())
+    rmse = np.sqrt(((mean - o) ** 2).mean())
+    return {"crps": float((skill - pairs).mean()), "mae_det": float(np.abs(det - o).mean()),
+            "mae_pers": float(np.abs(pers - o).mean()), "csi_74": csi(mean, 74.0),
+            "ratio": float(np.sqrt((m + 1) / m) * spread / rmse)}
+
+
+def test_quick_storms_ensemble_demo_writes_cf_members_and_scores_them(tmp_path, capsys):
+    assert main(["demo", "--case", "storms", "--ensemble", "--quick", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "spread/skill" in printed and "CPU cores" in printed
+    for name in ("storms_ensemble.nc", "storms_ensemble_frames.png", "storms_ensemble_skill.md",
+                 "storms_ensemble_skill.json", "storms_prediff.xef", "storms_model.xef"):
+        assert (tmp_path / name).is_file(), name
+    assert cf_errors(str(tmp_path / "storms_ensemble.nc")) == []
+    ens = xr.open_dataset(tmp_path / "storms_ensemble.nc")
+    assert ens.member.attrs["standard_name"] == "realization" and ens.sizes["member"] == 2
+    rows = {r["forecast"]: r for r in parse_table((tmp_path / "storms_ensemble_skill.md").read_text())}
+    assert set(rows) == {"PreDiff ensemble (2 members)", "Earthformer", "persistence"}
+    # every score by brute force from the written ensemble, the deterministic model and the truth
+    from xearthformer.checkpoint import load
+    from xearthformer.data.storms import storms
+
+    obs = storms(n_times=96, size=SIZE, seed=0).vil
+    det = obs.to_dataset().earthformer.forecast(load(tmp_path / "storms_model.xef"),
+                                                init=ens.init_time.values, progress=False).vil
+    assert np.array_equal(det.init_time.values, ens.init_time.values)
+    truth = np.stack([[obs.sel(time=t + lead).values for lead in ens.lead_time.values]
+                      for t in ens.init_time.values])
+    last = np.stack([obs.sel(time=t).values for t in ens.init_time.values])
+    want = brute_force_scores(ens.vil.transpose("init_time", "lead_time", "member", "y", "x").values,
+                              det.values, truth, np.broadcast_to(last[:, None], truth.shape))
+    ours = rows["PreDiff ensemble (2 members)"]
+    assert float(ours["CRPS (MAE for point forecasts)"]) == pytest.approx(want["crps"], abs=0.006)
+    assert float(rows["Earthformer"]["CRPS (MAE for point forecasts)"]) == pytest.approx(want["mae_det"], abs=0.006)
+    assert float(rows["persistence"]["CRPS (MAE for point forecasts)"]) == pytest.approx(want["mae_pers"], abs=0.006)
+    assert float(ours["CSI-74"]) == pytest.approx(want["csi_74"], abs=6e-4)
+    assert float(ours["spread/skill"]) == pytest.approx(want["ratio"], abs=0.006)
+    assert rows["Earthformer"]["spread/skill"] == "n/a"

@@ -4,6 +4,8 @@
   persistence and climatology on a held-out year
 - :mod:`.storms` -- the storms case (``--case storms``): synthetic storm cells on the SEVIR
   0-255 VIL scale, a 6 -> 6 frame nowcast scored by CSI at the SEVIR thresholds
+- :mod:`.storms_ensemble` -- ``--case storms --ensemble``: a tiny PreDiff ensemble of the same
+  storms, scored by CRPS, ensemble-mean CSI and spread/skill against the deterministic case
 - :mod:`.baselines` -- the reference forecasts both cases score against (persistence...)
 - :mod:`.plots` -- their figures
 
@@ -22,6 +24,8 @@ import platform
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xearthformer demo``."""
@@ -33,16 +37,30 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a few training steps only (a smoke test of the whole pipeline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="storms only: train a tiny PreDiff and score its ensemble (CRPS, CSI, spread/skill)")
+    parser.add_argument("--members", type=int, default=None,
+                        help="--ensemble: ensemble size (default 16; --quick: 2)")
+    parser.add_argument("--sampler", default=None, help="--ensemble: ddpm, ddim or dpm++2m (default: the model's)")
+    parser.add_argument("--steps", type=int, default=None, help="--ensemble: sampling steps (default: the model's)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     # Idle OpenMP threads must not spin: on a shared machine spinning makes training ~10x slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.ensemble and args.case != "storms":
+        raise ConfigError(f"--ensemble needs --case storms (got --case {args.case}); the SST case has "
+                          "no ensemble demo.")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if args.case == "storms":
+    if args.case == "storms" and args.ensemble:
+        from .storms_ensemble import run_storms_ensemble
+
+        run_storms_ensemble(out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
+                            members=args.members, sampling={"sampler": args.sampler, "steps": args.steps})
+    elif args.case == "storms":
         from .storms import run_storms
 
         run_storms(out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device)

@@ -13,43 +13,69 @@ against persistence.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xarray as xr
 
 from ..data.sevir import SEVIR_THRESHOLDS
 from ..data.storms import storms
 from .baselines import persistence
 
+if TYPE_CHECKING:
+    from ..models.base import Forecaster
+
 CONTEXT, LEAD = 6, 6
 N_TIMES, SIZE = 288, (48, 48)
 TEST_FRACTION = 0.25
 PRESET, EPOCHS, LR = "small", 5, 2e-3
+MODEL_FILE = "storms_model.xef"
+# VIL codes 0-255 scaled to 0-1 (the SEVIR convention), not z-scored: zero stays zero
+VIL_SCALE = {"vil": {"method": "scale", "offset": 0.0, "scale": 255.0}}
+
+
+def storms_data(quick: bool = False, seed: int = 0) -> tuple[xr.Dataset, int]:
+    """The demo's synthetic storms and the index of the first test frame (both cases share it)."""
+    n_times = 96 if quick else N_TIMES
+    ds = storms(n_times=n_times, size=SIZE, seed=seed)
+    return ds, int(round(n_times * (1 - TEST_FRACTION)))
+
+
+def held_out_inits(ds: xr.Dataset, split: int) -> slice:
+    """Init times of the test part: from the last training frame to the last with a full lead."""
+    times = ds["time"].values
+    return slice(times[split - 1], times[-LEAD - 1])
+
+
+def train_storms_model(train_ds: xr.Dataset, out: Path, epochs: int | None = None, quick: bool = False,
+                       seed: int = 0, device: str = "auto") -> Forecaster:
+    """Train the deterministic storms Earthformer (the ``small`` preset) and save it as
+    ``out/storms_model.xef``."""
+    from ..checkpoint import save
+    from ..training.labelled import train
+
+    forecaster = train(
+        train_ds, preset=PRESET, variables=["vil"], context=CONTEXT, lead=LEAD,
+        epochs=epochs if epochs is not None else (1 if quick else EPOCHS), batch_size=4, val=0.2,
+        device=device, checkpoint_dir=out / "checkpoints", seed=seed, lr=LR,
+        normalization=VIL_SCALE, progress=True, steps_per_epoch=2 if quick else None)
+    save(forecaster, out / MODEL_FILE)
+    return forecaster
 
 
 def run_storms(out: Path, epochs: int | None = None, quick: bool = False, seed: int = 0,
                device: str = "auto") -> dict[str, Any]:
     """The storms demo; returns the CSI rows and output paths."""
     from .. import metrics
-    from ..checkpoint import save
-    from ..training.labelled import train
     from .plots import plot_storm_frames
 
-    n_times = 96 if quick else N_TIMES
-    ds = storms(n_times=n_times, size=SIZE, seed=seed)
-    split = int(round(n_times * (1 - TEST_FRACTION)))
+    ds, split = storms_data(quick, seed)
+    n_times = ds.sizes["time"]
     train_ds = ds.isel(time=slice(0, split))
     print(f"synthetic storms: {n_times} frames of {SIZE[0]}x{SIZE[1]} (5 min, 2 km); training on "
           f"the first {split}, testing on the last {n_times - split}")
-    forecaster = train(
-        train_ds, preset=PRESET, variables=["vil"], context=CONTEXT, lead=LEAD,
-        epochs=epochs if epochs is not None else (1 if quick else EPOCHS), batch_size=4, val=0.2,
-        device=device, checkpoint_dir=out / "checkpoints", seed=seed, lr=LR,
-        normalization={"vil": {"method": "scale", "offset": 0.0, "scale": 255.0}}, progress=True,
-        steps_per_epoch=2 if quick else None)
-    save(forecaster, out / "storms_model.xef")
-    times = ds["time"].values
-    fc = ds.earthformer.forecast(forecaster, init=slice(times[split - 1], times[-LEAD - 1]), progress=False)
+    forecaster = train_storms_model(train_ds, out, epochs, quick, seed, device)
+    fc = ds.earthformer.forecast(forecaster, init=held_out_inits(ds, split), progress=False)
     fc_path = out / "storms_forecast.nc"
     fc.to_netcdf(fc_path)
 
@@ -72,4 +98,4 @@ def run_storms(out: Path, epochs: int | None = None, quick: bool = False, seed: 
     print(table)
     (out / "storms_skill.md").write_text(table + "\n")
     frames = plot_storm_frames(model_fc, obs, out / "storms_frames.png")
-    return {"rows": rows, "forecast": fc_path, "frames": frames, "model": out / "storms_model.xef"}
+    return {"rows": rows, "forecast": fc_path, "frames": frames, "model": out / MODEL_FILE}
