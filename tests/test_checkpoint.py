@@ -113,7 +113,7 @@ def test_newer_format_and_unknown_class_fail_clearly(forecaster, tmp_path):
         C.load(newer)
     alien = tmp_path / "alien.xef"
     _rewrite_metadata(good, alien, model_class="os.system")
-    with pytest.raises(CheckpointError, match="class 'os.system'.*knows \\['Earthformer'\\]"):
+    with pytest.raises(CheckpointError, match="class 'os.system'.*knows \\['Earthformer', 'PreDiff'\\]"):
         C.load(alien)
     bad_cfg = tmp_path / "bad.xef"
     cfg = json.loads(_meta(good)["model_config"])

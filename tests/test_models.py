@@ -84,8 +84,8 @@ def test_registry_lookups_and_their_errors():
     assert registry.resolve(row.network) is Earthformer and registry.resolve(row.config) is EarthformerConfig
     assert registry.family_for_bundle_class("Earthformer") is row and row.datasets == ("sevir", "enso")
     assert registry.presets() == presets() and registry.presets("earthformer")["tiny"] == presets()["tiny"]
-    with pytest.raises(ConfigError, match="unknown model family 'prediff'.*earthformer"):
-        registry.family("prediff")
+    with pytest.raises(ConfigError, match="unknown model family 'diffusion'.*earthformer, prediff"):
+        registry.family("diffusion")
     with pytest.raises(ConfigError, match="'os.system'.*Earthformer"):
         registry.family_for_bundle_class("os.system")
     with pytest.raises(ConfigError, match="unknown earthformer preset 'huge'.*tiny"):

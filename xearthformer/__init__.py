@@ -32,6 +32,8 @@ from .errors import (
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Earthformer": ("xearthformer.models.earthformer.network", "Earthformer"),
     "EarthformerConfig": ("xearthformer.models.earthformer.config", "EarthformerConfig"),
+    "PreDiff": ("xearthformer.models.prediff.family", "PreDiff"),
+    "PreDiffConfig": ("xearthformer.models.prediff.family", "PreDiffConfig"),
     "presets": ("xearthformer.models.registry", "presets"),
     "Forecaster": ("xearthformer.models.base", "Forecaster"),
     "save": ("xearthformer.checkpoint", "save"),

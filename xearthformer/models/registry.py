@@ -84,6 +84,7 @@ class Family:
 
 
 _EARTHFORMER = "xearthformer.models.earthformer"
+_PREDIFF = "xearthformer.models.prediff"
 _FAMILIES: dict[str, Family] = {
     "earthformer": Family(
         name="earthformer",
@@ -94,6 +95,15 @@ _FAMILIES: dict[str, Family] = {
         official_loader=f"{_EARTHFORMER}.official:official_forecaster",
         bundle_classes=("Earthformer",),
         datasets=("sevir", "enso"),
+    ),
+    "prediff": Family(
+        name="prediff",
+        network=f"{_PREDIFF}.family:PreDiff",
+        config=f"{_PREDIFF}.family:PreDiffConfig",
+        presets=f"{_PREDIFF}.family:presets",
+        objective="xearthformer.training.prediff:DiffusionObjective",
+        official_loader=None,
+        bundle_classes=("PreDiff",),
     ),
 }
 

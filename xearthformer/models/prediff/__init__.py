@@ -3,6 +3,8 @@
 * :class:`FrameVAE` - frame-by-frame KL autoencoder (official ``AutoencoderKL``);
 * :class:`CuboidTransformerUNet` - the Earthformer-UNet noise predictor;
 * :class:`NoisyCuboidTransformerEncoder` - the knowledge-alignment network;
+* :class:`PreDiff` / :class:`PreDiffConfig` - the family behind the seam (:mod:`.family`):
+  encode the context, sample the latent future with keyed noise, decode;
 
 their configs and presets (:mod:`.config`), the VAE loss (:mod:`.vae_loss`) and strict
 loaders of the official state_dicts (:mod:`.official`). All take and return channels-last
@@ -16,6 +18,7 @@ loaders of the official state_dicts (:mod:`.official`). All take and return chan
 
 from .alignment import NoisyCuboidTransformerEncoder
 from .config import PRESETS, AlignmentConfig, UNetConfig, VAEConfig, preset
+from .family import PreDiff, PreDiffConfig
 from .official import load_official_alignment, load_official_unet, load_official_vae, load_strict
 from .unet import CuboidTransformerUNet
 from .vae import FrameVAE, sample_posterior, split_moments
@@ -28,6 +31,8 @@ __all__ = [
     "FrameVAE",
     "NoisyCuboidTransformerEncoder",
     "PatchDiscriminator",
+    "PreDiff",
+    "PreDiffConfig",
     "UNetConfig",
     "VAEConfig",
     "VAELoss",
