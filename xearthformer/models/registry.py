@@ -53,6 +53,11 @@ class Family:
         network's module (the first is the network itself).
     datasets : tuple of str
         Data sets :func:`xearthformer.evaluate.evaluate` may score this family on.
+    control : str or None
+        ``"module:function"`` of knowledge control, called as ``function(forecaster, control)``
+        with a control request (``{"n": 2}``...) and returning ``(sampling options, attributes)``:
+        the options steer ``predict``, the attributes record the control on the output; None
+        when the family has no knowledge control.
     """
 
     name: str
@@ -63,9 +68,10 @@ class Family:
     official_loader: str | None = None
     bundle_classes: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
+    control: str | None = None
 
     def __post_init__(self) -> None:
-        for what in ("network", "config", "presets", "objective", "official_loader"):
+        for what in ("network", "config", "presets", "objective", "official_loader", "control"):
             ref = getattr(self, what)
             if ref is not None and (not isinstance(ref, str) or ref.count(":") != 1):
                 raise ConfigError(f"family {self.name!r}: {what} must be a 'module:attribute' string, "
@@ -104,6 +110,7 @@ _FAMILIES: dict[str, Family] = {
         objective="xearthformer.training.prediff:DiffusionObjective",
         official_loader=None,
         bundle_classes=("PreDiff",),
+        control=f"{_PREDIFF}.knowledge:control_options",
     ),
 }
 

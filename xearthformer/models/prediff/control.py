@@ -18,7 +18,8 @@ A control request says which value of a statistic of the future the ensemble sho
     sample computed from the past, e.g. twice the observed mean (the official demonstration
     target, 2x the *true future* mean, needs the future).
 
-Any dict may add ``"scale"``, the guidance strength. Targets outside the statistic's attainable
+Any dict may add ``"scale"``, the guidance strength, and ``"parity": True``, the official DDPM
+step (one error norm over the whole batch: exempt from the per-member seed guarantee). Targets outside the statistic's attainable
 range (a mean intensity cannot be negative, but with skewed data mu - 2 sigma may be) are
 clipped to it, with a warning.
 
@@ -55,7 +56,7 @@ __all__ = ["CONDITIONING", "ControlRequest", "ControlStats", "parse_control", "r
 #: what mu/sigma are conditioned on: nothing (climatological over the training period)
 CONDITIONING = "none"
 #: keys a control dict may hold besides a statistic's own parameters
-CONTROL_KEYS = ("n", "value", "statistic", "scale")
+CONTROL_KEYS = ("n", "value", "statistic", "scale", "parity")
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,9 @@ class ControlRequest:
         ``f(context) -> (N, K)`` physical targets from the physical context.
     scale : float or None
         Guidance strength; None: the model's default.
+    parity : bool
+        The official DDPM step (one error norm over the whole batch; DDPM only, and exempt from
+        the per-member seed guarantee).
     """
 
     statistic: Statistic | None = None
@@ -145,6 +149,7 @@ class ControlRequest:
     value: tuple[float, ...] | None = None
     target_of: Callable[[Tensor], Any] | None = None
     scale: float | None = None
+    parity: bool = False
 
     @property
     def label(self) -> str:
@@ -158,6 +163,8 @@ class ControlRequest:
         parts = ([self.statistic.label] if self.statistic is not None else []) + [what]
         if self.scale is not None:
             parts.append(f"scale={self.scale:g}")
+        if self.parity:
+            parts.append("parity")
         return " ".join(parts)
 
     def to_attrs(self) -> str:
@@ -173,6 +180,8 @@ class ControlRequest:
             d["target"] = f"callable {getattr(self.target_of, '__name__', '')}".strip()
         if self.scale is not None:
             d["scale"] = self.scale
+        if self.parity:
+            d["parity"] = True
         return json.dumps(d, sort_keys=True)
 
 
@@ -200,6 +209,7 @@ def parse_control(control: Mapping[str, Any] | Callable[[Tensor], Any] | Control
     d = dict(control)
     stat_name = d.pop("statistic", None)
     n, value, scale = d.pop("n", None), d.pop("value", None), d.pop("scale", None)
+    parity = d.pop("parity", False)
     if stat_name is None and d:
         raise ConfigError(f"unknown control key(s) {sorted(d)}; valid: {', '.join(CONTROL_KEYS)} (statistic "
                           "parameters such as threshold go with 'statistic')")
@@ -214,8 +224,10 @@ def parse_control(control: Mapping[str, Any] | Callable[[Tensor], Any] | Control
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale) or scale < 0):
         raise ConfigError(f"control 'scale' (guidance strength) must be a number >= 0, got {scale!r}")
+    if not isinstance(parity, bool):
+        raise ConfigError(f"control 'parity' must be True or False, got {parity!r}")
     return ControlRequest(stat, _numbers(n, "n"), _numbers(value, "value"), None,
-                          None if scale is None else float(scale))
+                          None if scale is None else float(scale), parity)
 
 
 def _numbers(value: Any, key: str) -> tuple[float, ...] | None:

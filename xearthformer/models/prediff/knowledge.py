@@ -1,0 +1,266 @@
+"""Knowledge control of a PreDiff model: its alignment entries and the guidance they give.
+
+An **alignment entry** is one JSON dict of :attr:`PreDiffConfig.alignments
+<xearthformer.models.prediff.family.PreDiffConfig.alignments>` and one network of
+:attr:`PreDiff.alignments <xearthformer.models.prediff.family.PreDiff.alignments>` under the
+same ``name``. Besides ``name`` and ``config`` (the network's
+:class:`~.config.AlignmentConfig`) it records, as data only:
+
+``statistic``
+    The statistic's registry record (:mod:`.statistics`), or None for a Python callable of the
+    session that trained the network (then :func:`session_statistic` holds it, and a reloaded
+    bundle cannot use that entry).
+``readout``
+    How the network's output (N, L, C_out) becomes the statistic (N, K): ``"frame_mean"`` (the
+    network predicts the statistic of each frame, averaged over the frames: the official
+    avg-intensity network) or ``"direct"`` (reshaped to (N, K)).
+``scale``
+    The :class:`~.statistics.StatisticScale` of the network's outputs.
+``stats``
+    The :class:`~.control.ControlStats` (mu/sigma over the training period) for ``{"n": k}``
+    targets, or None (official weights: :func:`xearthformer.control_stats` adds them).
+``guide_scale``
+    The default guidance strength (``KnowledgeControl``'s ``scale``).
+
+:func:`prepare_guidance` turns a control request (:mod:`.control`) into a :class:`Guidance`,
+the picklable object :meth:`PreDiff.predict <xearthformer.models.prediff.family.PreDiff.predict>`
+takes as ``guidance=``; inside the sampler it wraps the denoiser with
+:class:`~xearthformer.diffusion.KnowledgeControl`, so every sampler is guided the same way.
+
+>>> guidance = prepare_guidance(forecaster, {"n": 2})                   # doctest: +SKIP
+>>> y = forecaster.model.predict(x, keys=keys, guidance=guidance)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...diffusion import KnowledgeControl
+from ...diffusion.sampler import Sampler
+from ...errors import ConfigError
+from .control import ControlRequest, ControlStats, parse_control, resolve_target
+from .statistics import DataUnits, Statistic, StatisticScale, statistic_from_record
+
+__all__ = ["DEFAULT_GUIDE_SCALE", "READOUTS", "Guidance", "alignment_entry", "control_attrs", "control_options",
+           "entry_name",
+           "find_entry", "prepare_guidance", "read_out", "session_statistic"]
+
+#: how an alignment network's output becomes the statistic
+READOUTS = ("frame_mean", "direct")
+#: default guidance strength of networks trained by ``train_alignment`` (standardised outputs)
+DEFAULT_GUIDE_SCALE = 1.0
+TRAIN_HINT = "train one with xef.train_alignment(model, ds, statistic=...)"
+
+# Python callables of this session, per network: entry name -> Statistic (never saved)
+_SESSION: weakref.WeakKeyDictionary[nn.Module, dict[str, Statistic]] = weakref.WeakKeyDictionary()
+
+
+def alignment_entry(name: str, config: Mapping[str, Any], stat: Statistic, *, readout: str,
+                    scale: StatisticScale, stats: ControlStats | None = None,
+                    guide_scale: float = DEFAULT_GUIDE_SCALE, components: int, source: str,
+                    training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON dict of one alignment entry (see the module docstring)."""
+    if readout not in READOUTS:
+        raise ConfigError(f"readout must be one of {READOUTS}, got {readout!r}")
+    if isinstance(guide_scale, bool) or not isinstance(guide_scale, (int, float)) or not guide_scale >= 0:
+        raise ConfigError(f"guide_scale must be a number >= 0, got {guide_scale!r}")
+    return {"name": name, "config": dict(config), "statistic": stat.to_record() if stat.storable else None,
+            "statistic_label": stat.label, "readout": readout, "components": int(components),
+            "scale": scale.to_dict(), "stats": None if stats is None else stats.to_dict(),
+            "guide_scale": float(guide_scale), "source": source, "training": dict(training or {})}
+
+
+def entry_name(stat: Statistic, taken: Any = ()) -> str:
+    """A ModuleDict key for a network of ``stat``: its name (``custom`` for callables), made unique."""
+    base = re.sub(r"\W", "_", stat.name or "custom")
+    name, i = base, 1
+    while name in set(taken):
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def session_statistic(net: nn.Module, name: str, stat: Statistic | None = None) -> Statistic | None:
+    """The session-only statistic of entry ``name`` of ``net`` (set it by passing ``stat``)."""
+    if stat is not None:
+        _SESSION.setdefault(net, {})[name] = stat
+    return _SESSION.get(net, {}).get(name)
+
+
+def entry_statistic(net: nn.Module, entry: Mapping[str, Any]) -> Statistic | None:
+    """The statistic of an entry: rebuilt from its record, or the session's callable (None if gone)."""
+    if entry.get("statistic") is not None:
+        return statistic_from_record(entry["statistic"])
+    return session_statistic(net, entry["name"])
+
+
+def find_entry(net: nn.Module, stat: Statistic | None) -> tuple[dict[str, Any], Statistic]:
+    """The alignment entry of ``stat`` (None: the model's first, its default control statistic).
+
+    Raises
+    ------
+    ConfigError
+        The model has no alignment network (for that statistic), naming the fix.
+    """
+    entries = list(getattr(net.config, "alignments", ()))
+    if not entries:
+        raise ConfigError("this PreDiff model has no alignment network, so knowledge control has no statistic to "
+                          f"follow. Fix: {TRAIN_HINT} (e.g. statistic='mean_intensity'), or load the official "
+                          "one with load_official_prediff(..., alignment=path).")
+    found = []
+    for entry in entries:
+        own = entry_statistic(net, entry)
+        if own is None:
+            if stat is None and entry is entries[0]:
+                raise ConfigError(f"alignment {entry['name']!r} was trained for a Python callable "
+                                  f"({entry.get('statistic_label')}) of another session, which bundles never "
+                                  f"store. Fix: {TRAIN_HINT} with a registry statistic.")
+            continue
+        if stat is None or own.same_as(stat):
+            return dict(entry), own
+        found.append(own.label)
+    raise ConfigError(f"this model has no alignment network for the statistic {stat.label if stat else '?'} "
+                      f"(it has: {', '.join(found) or 'none usable'}). Fix: {TRAIN_HINT}.")
+
+
+def read_out(entry: Mapping[str, Any], output: Tensor) -> Tensor:
+    """The network's output (N, L, C_out) or (N, C_out) as the statistic (N, K), network scale."""
+    if entry["readout"] == "frame_mean":
+        return output.reshape(output.shape[0], output.shape[1], -1).mean(dim=1)
+    return output.reshape(output.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """A resolved control, passed to ``PreDiff.predict(..., guidance=)``.
+
+    Attributes
+    ----------
+    entry : dict
+        The alignment entry.
+    request : ControlRequest
+    statistic : Statistic
+    units : DataUnits
+        The target channels' units (physical context for callable targets).
+    bounds : tuple of float
+        The statistic's attainable range (targets are clipped to it).
+    strength : float
+        Guidance strength (the request's ``scale``, else the entry's ``guide_scale``).
+    parity : bool
+        The official DDPM step (batch-wide norm; exempt from the per-member seed guarantee).
+    """
+
+    entry: Mapping[str, Any]
+    request: ControlRequest
+    statistic: Statistic
+    units: DataUnits
+    bounds: tuple[float, float]
+    strength: float
+    parity: bool = False
+
+    @property
+    def components(self) -> int:
+        """K."""
+        return int(self.entry["components"])
+
+    @property
+    def stats(self) -> ControlStats | None:
+        """mu/sigma of the entry, if it has them."""
+        s = self.entry.get("stats")
+        return None if s is None else ControlStats.from_dict(s)
+
+    def targets(self, x: Tensor) -> Tensor:
+        """The (N, K) physical targets (float64) for normalised contexts ``x`` (N, T_in, H, W, C)."""
+        context = None
+        if self.request.target_of is not None:
+            context = self.units.to_physical(x.detach().to(torch.float64))
+        return resolve_target(self.request, samples=x.shape[0], components=self.components, stats=self.stats,
+                              bounds=self.bounds, context=context, label=self.statistic.label,
+                              units=self.units.units)
+
+    def wrap(self, net: nn.Module, denoise: Callable[[Tensor, Tensor], Tensor], sampler: Sampler, x: Tensor,
+             cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """``denoise`` guided toward the targets of the contexts ``x``; ``cond`` (B, T_in, h, w, c)
+        are the latent contexts of the B chains (``x``'s rows repeated per member)."""
+        with warnings.catch_warnings():
+            if self.request.target_of is None:  # the same for every batch: warned in prepare_guidance
+                warnings.simplefilter("ignore")
+            target = self.targets(x)
+        repeat = cond.shape[0] // x.shape[0]
+        target = target.repeat_interleave(repeat, dim=0)
+        scale = StatisticScale.from_dict(self.entry["scale"])
+        target = scale.to_network(target).to(device=cond.device, dtype=cond.dtype)
+        align = net.alignments[self.entry["name"]]  # type: ignore[index]
+        uses_context = align.config.context_len > 0
+        entry = self.entry
+
+        def predicted(z_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+            return read_out(entry, align(z_t, t, context if uses_context else None))
+
+        control = KnowledgeControl(predicted, target, self.strength, parity=self.parity,
+                                   conditioning={"context": cond})
+        return control.wrap(denoise, sampler)
+
+
+def prepare_guidance(forecaster: Any, control: Any) -> Guidance:
+    """Check a control request against a PreDiff Forecaster and resolve what does not depend on data.
+
+    Warns (:class:`~xearthformer.errors.XEarthformerWarning`) when an ``n``/``value`` target lies
+    outside the statistic's attainable range (it is then clipped).
+
+    Raises
+    ------
+    ConfigError
+        A malformed request, no alignment network for its statistic (naming
+        ``xef.train_alignment``), ``n`` without stored mu/sigma (naming ``xef.control_stats``).
+    ShapeError
+        A target with the wrong number of components.
+    """
+    request = parse_control(control)
+    net, spec = forecaster.model, forecaster.spec
+    entry, stat = find_entry(net, request.statistic)
+    units = DataUnits.from_channels(spec.targets)
+    strength = entry.get("guide_scale", DEFAULT_GUIDE_SCALE) if request.scale is None else request.scale
+    guidance = Guidance(entry, request, stat, units, stat.bounds(units.range), float(strength),
+                        request.parity)
+    if request.target_of is None:  # check (and warn about clipping) once, before any sampling
+        guidance.targets(torch.zeros(1, *spec.input_shape))
+    return guidance
+
+
+def control_attrs(guidance: Guidance) -> dict[str, Any]:
+    """Attributes recording a control on the output (netCDF-safe: text and numbers)."""
+    attrs: dict[str, Any] = {
+        "control": guidance.request.to_attrs(),
+        "control_label": guidance.request.label,
+        "control_statistic": guidance.statistic.label,
+        "control_alignment": str(guidance.entry["name"]),
+        "control_guide_scale": guidance.strength,
+        "control_parity": int(guidance.parity),
+    }
+    stats = guidance.stats
+    if stats is not None:
+        attrs.update(control_mu=list(stats.mu), control_sigma=list(stats.sigma),
+                     control_stats_conditioning=stats.conditioning)
+    if guidance.request.target_of is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            target = guidance.targets(torch.zeros(1, 1, 1, 1, len(guidance.units.offset)))
+        attrs["control_target"] = [float(v) for v in target[0]]
+    if guidance.units.units:
+        attrs["control_units"] = guidance.units.units
+    return {k: v for k, v in attrs.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def control_options(forecaster: Any, control: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The family's knowledge-control hook (registry ``control``): ``({"guidance": ...}, attrs)``."""
+    guidance = prepare_guidance(forecaster, control)
+    return {"guidance": guidance}, control_attrs(guidance)
