@@ -41,6 +41,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_official": ("xearthformer.models.earthformer.official", "load_official"),
     "pretrained": ("xearthformer.hub", "pretrained"),
     "train": ("xearthformer.training.labelled", "train"),
+    "train_alignment": ("xearthformer.training.alignment", "train_alignment"),
+    "control_stats": ("xearthformer.training.alignment", "control_stats"),
     "metrics": ("xearthformer.metrics", None),
 }
 

@@ -19,9 +19,9 @@ A control request says which value of a statistic of the future the ensemble sho
     target, 2x the *true future* mean, needs the future).
 
 Any dict may add ``"scale"``, the guidance strength, and ``"parity": True``, the official DDPM
-step (one error norm over the whole batch: exempt from the per-member seed guarantee). Targets outside the statistic's attainable
-range (a mean intensity cannot be negative, but with skewed data mu - 2 sigma may be) are
-clipped to it, with a warning.
+step (one error norm over the whole batch: exempt from the per-member seed guarantee). Targets
+outside the statistic's attainable range (a mean intensity cannot be negative, but with skewed
+data mu - 2 sigma may be) are clipped to it, with a warning.
 
 The functions here are pure: they parse a request (:func:`parse_control`) and turn it into an
 (N, K) target (:func:`resolve_target`), given the statistic, its stats and its range.
