@@ -226,3 +226,26 @@ def test_a_callable_statistic_works_for_the_session_only(bare, data, tmp_path):
         data.earthformer.ensemble(again, control={"n": 1}, **kw)
     with pytest.raises(ConfigError, match="no alignment network"):
         find_entry(again.model, statistic("max"))
+
+
+def test_an_official_style_entry_predicts_the_mean_of_normalised_data(bare, data):
+    """What load_official_prediff(alignment=...) writes: only name and config."""
+    from xearthformer.diffusion import NoiseSchedule
+    from xearthformer.models.prediff.config import AlignmentConfig
+    from xearthformer.models.prediff.knowledge import official_equivalent_scale
+
+    latent = bare.model.config.unet_config.target_shape
+    entry = {"name": "avg_x", "config": AlignmentConfig(input_shape=latent, base_units=8, out_len=LEAD).to_dict()}
+    net = PreDiff(bare.model.config.replace(alignments=(entry,)))
+    official = xef.Forecaster(randomised(net), bare.spec)
+    guidance = prepare_guidance(official, {"value": 3.0})
+    channel = bare.spec.targets[0]
+    assert guidance.statistic.same_as(statistic("mean_intensity"))
+    assert guidance.network_scale().offset == (channel.offset,) and guidance.network_scale().scale == (channel.scale,)
+    assert guidance.strength == pytest.approx(official_equivalent_scale(NoiseSchedule("linear")))
+    with pytest.raises(ConfigError, match="control_stats"):
+        prepare_guidance(official, {"n": 1})
+    filled = control_stats(official, data)
+    assert filled.model.config.alignments[0]["stats"]["count"] == len(window_means(data, bare.spec))
+    assert filled.model.config.alignments[0]["scale"] is None  # still the normalised-data scale
+    data.earthformer.ensemble(filled, members=1, init=inits(data), device="cpu", control={"n": 1})

@@ -15,12 +15,20 @@ same ``name``. Besides ``name`` and ``config`` (the network's
     network predicts the statistic of each frame, averaged over the frames: the official
     avg-intensity network) or ``"direct"`` (reshaped to (N, K)).
 ``scale``
-    The :class:`~.statistics.StatisticScale` of the network's outputs.
+    The :class:`~.statistics.StatisticScale` of the network's outputs, or None: the statistic of
+    the model's *normalised* data (the official network: the mean of VIL / 255), converted with
+    the bundle's channel normalisation (:meth:`~.statistics.StatisticScale.of_normalised_data`).
 ``stats``
     The :class:`~.control.ControlStats` (mu/sigma over the training period) for ``{"n": k}``
     targets, or None (official weights: :func:`xearthformer.control_stats` adds them).
 ``guide_scale``
     The default guidance strength (``KnowledgeControl``'s ``scale``).
+
+An entry with only ``name`` and ``config`` (what ``load_official_prediff(alignment=...)``
+writes) is the official avg-intensity network: :func:`complete_entry` fills in the statistic
+``mean_intensity`` over the sequence, the ``frame_mean`` readout, the normalised-data scale, no
+mu/sigma, and a strength of :func:`official_equivalent_scale` (the official step's pull at
+t = 500 in this package's step-independent form).
 
 :func:`prepare_guidance` turns a control request (:mod:`.control`) into a :class:`Guidance`,
 the picklable object :meth:`PreDiff.predict <xearthformer.models.prediff.family.PreDiff.predict>`
@@ -44,14 +52,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...diffusion import KnowledgeControl
+from ...diffusion import OFFICIAL_GUIDE_SCALE, KnowledgeControl
 from ...diffusion.sampler import Sampler
 from ...errors import ConfigError
 from .control import ControlRequest, ControlStats, parse_control, resolve_target
-from .statistics import DataUnits, Statistic, StatisticScale, statistic_from_record
+from .statistics import DataUnits, Statistic, StatisticScale, statistic, statistic_from_record
 
-__all__ = ["DEFAULT_GUIDE_SCALE", "READOUTS", "Guidance", "alignment_entry", "control_attrs", "control_options",
-           "entry_name",
+__all__ = ["DEFAULT_GUIDE_SCALE", "READOUTS", "Guidance", "alignment_entry", "complete_entry", "control_attrs",
+           "control_options", "entry_name", "official_equivalent_scale",
            "find_entry", "prepare_guidance", "read_out", "session_statistic"]
 
 #: how an alignment network's output becomes the statistic
@@ -77,6 +85,40 @@ def alignment_entry(name: str, config: Mapping[str, Any], stat: Statistic, *, re
             "statistic_label": stat.label, "readout": readout, "components": int(components),
             "scale": scale.to_dict(), "stats": None if stats is None else stats.to_dict(),
             "guide_scale": float(guide_scale), "source": source, "training": dict(training or {})}
+
+
+def official_equivalent_scale(schedule: Any, t: int | None = None, guide_scale: float = OFFICIAL_GUIDE_SCALE) -> float:
+    """The default-mode strength that pulls like the official 1000-step DDPM step at time ``t``.
+
+    The official step moves the mean by sqrt(beta~_t) guide_scale grad U; the default mode by
+    (beta_t / sqrt(1 - beta_t)) scale grad U, so they agree at ``t`` for
+    scale = guide_scale sqrt(beta~_t (1 - beta_t)) / beta_t (657 at t = 500 for the official
+    linear schedule; see :mod:`xearthformer.diffusion.guidance`).
+
+    >>> from xearthformer.diffusion import NoiseSchedule
+    >>> round(official_equivalent_scale(NoiseSchedule("linear")))
+    657
+    """
+    t = schedule.num_timesteps // 2 if t is None else int(t)
+    betas = schedule.betas.double()
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    posterior = betas[t] * (1 - alphas_cumprod[t - 1]) / (1 - alphas_cumprod[t])
+    return float(guide_scale * torch.sqrt(posterior * (1 - betas[t])) / betas[t])
+
+
+def complete_entry(entry: Mapping[str, Any], schedule: Any) -> dict[str, Any]:
+    """An entry with the official avg-intensity network's fields filled in where missing."""
+    full = dict(entry)
+    if "statistic" not in full:  # an official alignment network (load_official_prediff)
+        stat = statistic("mean_intensity")
+        full.update(statistic=stat.to_record(), statistic_label=stat.label, readout="frame_mean", components=1,
+                    scale=None, stats=None, guide_scale=official_equivalent_scale(schedule))
+    full.setdefault("readout", "frame_mean")
+    full.setdefault("scale", None)
+    full.setdefault("stats", None)
+    full.setdefault("components", 1)
+    full.setdefault("guide_scale", DEFAULT_GUIDE_SCALE)
+    return full
 
 
 def entry_name(stat: Statistic, taken: Any = ()) -> str:
@@ -116,10 +158,10 @@ def find_entry(net: nn.Module, stat: Statistic | None) -> tuple[dict[str, Any], 
                           f"follow. Fix: {TRAIN_HINT} (e.g. statistic='mean_intensity'), or load the official "
                           "one with load_official_prediff(..., alignment=path).")
     found = []
-    for entry in entries:
+    for entry in (complete_entry(e, net.schedule) for e in entries):
         own = entry_statistic(net, entry)
         if own is None:
-            if stat is None and entry is entries[0]:
+            if stat is None and entry["name"] == entries[0]["name"]:
                 raise ConfigError(f"alignment {entry['name']!r} was trained for a Python callable "
                                   f"({entry.get('statistic_label')}) of another session, which bundles never "
                                   f"store. Fix: {TRAIN_HINT} with a registry statistic.")
@@ -177,6 +219,16 @@ class Guidance:
         s = self.entry.get("stats")
         return None if s is None else ControlStats.from_dict(s)
 
+    def network_scale(self) -> StatisticScale:
+        """The network's scale: stored, or that of the statistic of the normalised data."""
+        if self.entry.get("scale") is not None:
+            return StatisticScale.from_dict(self.entry["scale"])
+        if len(set(zip(self.units.offset, self.units.scale))) != 1:
+            raise ConfigError(f"alignment {self.entry['name']!r} predicts the statistic of normalised data, but the "
+                              "target channels are normalised differently; its scale is ambiguous. Fix: "
+                              "xef.train_alignment, which stores its own scale.")
+        return StatisticScale.of_normalised_data(self.statistic, self.units.offset[0], self.units.scale[0])
+
     def targets(self, x: Tensor) -> Tensor:
         """The (N, K) physical targets (float64) for normalised contexts ``x`` (N, T_in, H, W, C)."""
         context = None
@@ -196,8 +248,7 @@ class Guidance:
             target = self.targets(x)
         repeat = cond.shape[0] // x.shape[0]
         target = target.repeat_interleave(repeat, dim=0)
-        scale = StatisticScale.from_dict(self.entry["scale"])
-        target = scale.to_network(target).to(device=cond.device, dtype=cond.dtype)
+        target = self.network_scale().to_network(target).to(device=cond.device, dtype=cond.dtype)
         align = net.alignments[self.entry["name"]]  # type: ignore[index]
         uses_context = align.config.context_len > 0
         entry = self.entry
