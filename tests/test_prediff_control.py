@@ -173,10 +173,12 @@ def test_refusals_name_the_fix(bare, model, data):
     with pytest.raises(ConfigError, match="guidance= takes"):
         model.model.predict(torch.zeros(1, *model.spec.input_shape), keys=torch.zeros(1, 1, dtype=torch.long),
                             guidance={"n": 1})
+    earthformer = xef.Forecaster(xef.Earthformer.from_preset("tiny", input_shape=model.spec.input_shape,
+                                                             target_shape=model.spec.target_shape), model.spec)
     with pytest.raises(ModelTypeError, match="PreDiff model"):
-        train_alignment(xef.Forecaster(xef.Earthformer.from_preset("tiny", input_shape=model.spec.input_shape,
-                                                                   target_shape=model.spec.target_shape),
-                                       model.spec), data)
+        train_alignment(earthformer, data)
+    with pytest.raises(ConfigError, match="'earthformer' family has no knowledge control"):
+        data.earthformer.forecast(earthformer, init=inits(data), control={"n": 1})
 
 
 def test_non_differentiable_and_constant_statistics_are_refused(bare, data):
@@ -249,3 +251,11 @@ def test_an_official_style_entry_predicts_the_mean_of_normalised_data(bare, data
     assert filled.model.config.alignments[0]["stats"]["count"] == len(window_means(data, bare.spec))
     assert filled.model.config.alignments[0]["scale"] is None  # still the normalised-data scale
     data.earthformer.ensemble(filled, members=1, init=inits(data), device="cpu", control={"n": 1})
+
+
+def test_forecast_with_control_is_the_mean_of_the_controlled_members(model, data):
+    kw = {"init": inits(data), "device": "cpu", "members": 3, "control": {"n": 1, "scale": 50.0}}
+    mean = data.earthformer.forecast(model, **kw)
+    members = data.earthformer.ensemble(model, **kw)
+    np.testing.assert_allclose(mean["rain"].values, members["rain"].mean("member").values, rtol=1e-5, atol=1e-6)
+    assert mean.attrs["control_statistic"] == members.attrs["control_statistic"]

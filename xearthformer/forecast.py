@@ -371,6 +371,7 @@ def forecast(
     progress: bool | None = None,
     source: str | None = None,
     range_margin: float | None = DEFAULT_RANGE_MARGIN,
+    control: Any = None,
     **sampling: Any,
 ) -> xr.Dataset:
     """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
@@ -409,6 +410,9 @@ def forecast(
         are refused (default ``DEFAULT_RANGE_MARGIN`` = 1; see
         :func:`xearthformer.layout.validation.check_range`): fill values and data in other
         units do not pass, real extremes do. None skips the check.
+    control : dict, callable or list of them, optional
+        Knowledge control of a stochastic family's members before they are averaged; as for
+        :func:`ensemble`.
     **sampling
         The family's sampling options (stochastic families).
 
@@ -438,6 +442,12 @@ def forecast(
     >>> fc = sst.chunk(time=24).earthformer.forecast(model)         # lazy  # doctest: +SKIP
     """
     fc = check_forecaster(model)
+    if control is not None:
+        def run(options: dict[str, Any]) -> xr.Dataset:
+            return forecast(obj, fc, init, lead, batch_size, device, members=members, seed=seed, chunk=chunk,
+                            progress=progress, source=source, range_margin=range_margin, **sampling, **options)
+
+        return _controlled(fc, control, run)
     if is_stochastic(fc):
         plan = _Members(member_indices(FORECAST_MEMBERS if members is None else members), _seed(seed),
                         mean=True, sampling=sampling)
