@@ -43,6 +43,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("xearthformer.training.labelled", "train"),
     "train_alignment": ("xearthformer.training.alignment", "train_alignment"),
     "control_stats": ("xearthformer.training.alignment", "control_stats"),
+    "to_pysteps": ("xearthformer.cf", "to_pysteps"),
+    "to_earth2studio": ("xearthformer.cf", "to_earth2studio"),
     "metrics": ("xearthformer.metrics", None),
 }
 

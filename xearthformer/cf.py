@@ -12,7 +12,8 @@ that follows CF-1.8 and the names the verification ecosystem already expects:
 * the input's own spatial dims and coordinates.
 
 xskillscore (``member_dim="member"``) and cf-xarray then work with no renaming;
-:func:`to_climpred` and :func:`to_weatherbench2` give the layouts those tools prefer.
+:func:`to_climpred`, :func:`to_weatherbench2`, :func:`to_pysteps` and :func:`to_earth2studio`
+give the layouts those tools prefer.
 Coordinates that describe where the *input* came from (Iris writes ``forecast_period`` and
 ``forecast_reference_time`` on analyses) are dropped by :func:`drop_provenance`, so they never
 collide with the forecast's own.
@@ -374,3 +375,150 @@ def to_weatherbench2(fc: xr.Dataset) -> xr.Dataset:
         if sn in ("latitude", "longitude") and name in out.dims and name != sn and sn not in out.variables:
             renames[name] = sn
     return out.rename(renames)
+
+
+# ----------------------------------------------------------------------------------------------
+# ensemble ecosystem: pysteps, earth2studio
+# ----------------------------------------------------------------------------------------------
+#: standard names that mark a grid's y and x axes (first match wins)
+_Y_NAMES = ("latitude", "projection_y_coordinate", "grid_latitude")
+_X_NAMES = ("longitude", "projection_x_coordinate", "grid_longitude")
+#: pysteps' ensemble coordinate (pysteps.io.exporters and its xarray nowcasts): members from 1
+PYSTEPS_MEMBER_ATTRS = {"long_name": "ensemble member", "standard_name": "realization", "units": ""}
+
+
+def _grid_dims(fc: xr.Dataset) -> tuple[Hashable, Hashable] | None:
+    """The (y, x) dims of a forecast, found by their coordinates' standard names."""
+    found: dict[str, Hashable] = {}
+    for dim in fc.dims:
+        sn = fc[dim].attrs.get("standard_name") if dim in fc.coords else None
+        for axis, names in (("y", _Y_NAMES), ("x", _X_NAMES)):
+            if sn in names and axis not in found:
+                found[axis] = dim
+    return (found["y"], found["x"]) if len(found) == 2 else None
+
+
+def _renamed_grid(fc: xr.Dataset, y: str, x: str, tool: str) -> xr.Dataset:
+    """``fc`` with its grid dims called ``y`` and ``x`` (coordinates keep their names and values)."""
+    if y in fc.dims and x in fc.dims:
+        return fc
+    dims = _grid_dims(fc)
+    if dims is None:
+        raise DataError(
+            f"{tool} needs the grid dims named {y!r}/{x!r}; found dims {list(fc.dims)} and no "
+            f"coordinates with standard_name latitude/longitude or projection_y/x_coordinate. "
+            f"Fix: rename them first, e.g. fc.rename({{'row': {y!r}, 'col': {x!r}}})")
+    return fc.rename_dims({dims[0]: y, dims[1]: x}) if dims != (y, x) else fc
+
+
+def _timedelta_leads(fc: xr.Dataset, tool: str) -> None:
+    if "lead_time" not in fc.dims or "init_time" not in fc.dims:
+        raise DataError(f"{tool}: expected a forecast with init_time and lead_time dims (xearthformer."
+                        f"forecast.ensemble or cf.to_cf output); found dims {list(fc.dims)}")
+    if not np.issubdtype(fc["lead_time"].dtype, np.timedelta64):
+        raise DataError(f"{tool} needs timedelta lead times; found integer leads in "
+                        f"{fc['lead_time'].attrs.get('units')!r}. Use to_climpred for calendar steps.")
+
+
+def to_pysteps(ens: xr.Dataset, init: Any = None) -> xr.Dataset:
+    """One nowcast of an ensemble in pysteps' layout: ``(ens_number, time, y, x)``.
+
+    pysteps holds one nowcast per dataset: its exporters (``pysteps.io.exporters``) and its
+    xarray nowcasts write the members along ``ens_number`` (int, counted from 1,
+    standard_name ``realization``), the valid times along ``time`` (long_name "forecast
+    time", attribute ``stepsize`` in seconds), the grid along ``y``/``x``, and name the field
+    in the dataset attribute ``precip_var``. So this selects one init time (``init``, or the
+    only one), makes ``valid_time`` the ``time`` dim (``lead_time`` stays as a coordinate on
+    it, the init as the scalar ``init_time``), numbers member ``m`` as ``ens_number = m + 1``
+    (the xearthformer index stays in the coordinate ``member``), and renames latitude/
+    longitude (or projection) grid dims to ``y``/``x``, their coordinates kept.
+
+    Parameters
+    ----------
+    ens : xr.Dataset
+        An ensemble (``member`` dim) from :func:`xearthformer.forecast.ensemble`, with one
+        data variable (pick one first: ``ens[["rain"]]``) and timedelta lead times.
+    init : datetime-like, optional
+        The init time to convert (default: the only one).
+
+    Returns
+    -------
+    xr.Dataset
+        Dims ``(ens_number, time, ..., y, x)``; attributes as ``ens`` plus ``precip_var``.
+
+    Raises
+    ------
+    DataError
+        No ``member`` dim, several data variables, several init times and no ``init``,
+        integer (calendar) leads, or no recognisable grid dims.
+
+    Examples
+    --------
+    >>> ens = radar.earthformer.ensemble(model, members=8, init="2019-06-02T12:00")  # doctest: +SKIP
+    >>> nowcast = to_pysteps(ens)                                    # doctest: +SKIP
+    >>> nowcast.vil.dims                                             # doctest: +SKIP
+    ('ens_number', 'time', 'y', 'x')
+    >>> arr = nowcast[nowcast.attrs["precip_var"]].values   # pysteps' (members, T, H, W)  # doctest: +SKIP
+    """
+    if "member" not in ens.dims:
+        raise DataError("to_pysteps converts an ensemble (a 'member' dim); this dataset has dims "
+                        f"{list(ens.dims)}. Make one with ds.earthformer.ensemble(model, members=N).")
+    _timedelta_leads(ens, "pysteps")
+    names = list(ens.data_vars)
+    if len(names) != 1:
+        raise DataError(f"pysteps holds one field per dataset; this ensemble has {names}. "
+                        f"Pick one first, e.g. to_pysteps(ens[[{names[0]!r}]]).")
+    if init is None:
+        if ens.sizes["init_time"] != 1:
+            raise DataError(f"pysteps holds one nowcast (one init time) per dataset; this ensemble has "
+                            f"{ens.sizes['init_time']}. Pick one: to_pysteps(ens, init=ens.init_time[0]).")
+        one = ens.isel(init_time=0)
+    else:
+        one = ens.sel(init_time=init)
+        if "init_time" in one.dims:
+            raise DataError(f"init={init!r} selects {one.sizes['init_time']} init times; give one.")
+    step = np.diff(one["lead_time"].values) if one.sizes["lead_time"] > 1 else one["lead_time"].values
+    time_attrs = {"long_name": "forecast time", "standard_name": "time",
+                  "stepsize": int(step[0] / np.timedelta64(1, "s"))}
+    out = (one.assign_coords(time=("lead_time", one["valid_time"].values, time_attrs))
+           .swap_dims(lead_time="time").drop_vars("valid_time"))
+    member = out["member"]
+    out = out.rename(member="ens_number").assign_coords(
+        ens_number=("ens_number", member.values.astype(np.int64) + 1, dict(PYSTEPS_MEMBER_ATTRS)),
+        member=("ens_number", member.values, {"long_name": "xearthformer member index"}))
+    out = _renamed_grid(out, "y", "x", "pysteps")
+    out = out.transpose("ens_number", "time", ..., "y", "x")
+    out.attrs["precip_var"] = names[0]
+    return out
+
+
+def to_earth2studio(fc: xr.Dataset) -> xr.Dataset:
+    """A forecast or ensemble in earth2studio's layout: ``(ensemble, time, lead_time, lat, lon)``.
+
+    earth2studio's ensemble workflow (``earth2studio.run.ensemble``) writes each variable with
+    the coordinates ``ensemble`` (members counted from 0), ``time`` (the init time),
+    ``lead_time`` (timedelta64), then ``lat``/``lon``. This renames ``member`` -> ``ensemble``
+    (same indices), ``init_time`` -> ``time``, latitude/longitude grid dims -> ``lat``/``lon``
+    (by standard_name; a grid already called so, or a projected y/x grid, is left as it is) and
+    puts the dims in that order; ``valid_time(time, lead_time)`` stays as a coordinate. A
+    deterministic forecast (no ``member``) gets the same renames without ``ensemble``.
+
+    Raises
+    ------
+    DataError
+        Integer (calendar) leads: earth2studio's ``lead_time`` is a timedelta.
+
+    Examples
+    --------
+    >>> e2s = to_earth2studio(ens)                                  # doctest: +SKIP
+    >>> e2s.t2m.dims                                                # doctest: +SKIP
+    ('ensemble', 'time', 'lead_time', 'lat', 'lon')
+    """
+    _timedelta_leads(fc, "earth2studio")
+    out = fc.rename({"init_time": "time", **({"member": "ensemble"} if "member" in fc.dims else {})})
+    dims = _grid_dims(out)
+    if dims is not None and all(out[d].attrs.get("standard_name") in ("latitude", "longitude") for d in dims):
+        out = out.rename({d: n for d, n in zip(dims, ("lat", "lon")) if d != n})
+    first = ("ensemble",) if "ensemble" in out.dims else ()
+    grid = ("lat", "lon") if {"lat", "lon"} <= set(out.dims) else (dims or ())
+    return out.transpose(*first, "time", "lead_time", ..., *grid)

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("xearthformer.demo", "train on real SST (or synthetic storms) and forecast, in minutes on a CPU"),
     "train": ("xearthformer.training.labelled", "train a model on NetCDF/Zarr data and save a .xef bundle"),
     "forecast": ("xearthformer.archive", "forecast every init time of a NetCDF archive into Zarr/NetCDF (resumable)"),
-    "evaluate": ("xearthformer.evaluate", "score a model on SEVIR or ICAR-ENSO with the papers' protocol"),
+    "evaluate": ("xearthformer.evaluate", "score a model on SEVIR, SEVIR-LR or ICAR-ENSO with the papers' protocols"),
     "convert": ("xearthformer.hub", "convert an official checkpoint (Earthformer...) into a .xef bundle"),
 }
 

@@ -177,11 +177,13 @@ def _file_arrays(data_dir: Path, files: Sequence[str], key: str) -> list[_H5Data
     return out
 
 
-def _frame_offsets(cat: pd.DataFrame, n_frames: int) -> np.ndarray:
+def _frame_offsets(cat: pd.DataFrame, n_frames: int, step: np.timedelta64 = FRAME_STEP) -> np.ndarray:
     """Frame times relative to ``time_utc`` (timedelta64[m]).
 
-    SEVIR's ``minute_offsets`` column lists them (``-120:-115:...:120`` for VIL); without it
-    the frames are centred on ``time_utc`` at the 5-minute step.
+    SEVIR's ``minute_offsets`` column lists them (``-120:-115:...:120`` for VIL). A catalog
+    listing ``k (n_frames - 1) + 1`` offsets describes files that keep every k-th frame (the
+    SEVIR-LR catalog is the SEVIR one copied as it is, beside files of every 2nd frame): every
+    k-th offset is used. Without the column the frames are centred on ``time_utc`` at ``step``.
     """
     if "minute_offsets" in cat.columns and len(cat):
         first = str(cat["minute_offsets"].iloc[0])
@@ -191,7 +193,9 @@ def _frame_offsets(cat: pd.DataFrame, n_frames: int) -> np.ndarray:
             minutes = np.array([])
         if minutes.size == n_frames:
             return minutes.astype("timedelta64[m]")
-    return ((np.arange(n_frames) - n_frames // 2) * FRAME_STEP).astype("timedelta64[m]")
+        if n_frames > 1 and minutes.size > n_frames and (minutes.size - 1) % (n_frames - 1) == 0:
+            return minutes[::(minutes.size - 1) // (n_frames - 1)].astype("timedelta64[m]")
+    return ((np.arange(n_frames) - n_frames // 2) * step).astype("timedelta64[m]")
 
 
 def open_sevir(
@@ -202,6 +206,8 @@ def open_sevir(
     img_type: str = "vil",
     catalog: str | os.PathLike | pd.DataFrame | None = None,
     pct_missing: float | None = 0.0,
+    *,
+    frame_step: np.timedelta64 = FRAME_STEP,
 ) -> xr.Dataset:
     """Open SEVIR events lazily as ``(event, time, y, x)`` (one Dask chunk per event).
 
@@ -213,6 +219,8 @@ def open_sevir(
         Catalog selection, see :func:`read_catalog` (official rules and order).
     catalog
         Another catalog path or DataFrame (default ``root/CATALOG.csv``).
+    frame_step
+        Time between frames when the catalog has no ``minute_offsets`` (SEVIR: 5 minutes).
 
     Returns
     -------
@@ -261,7 +269,7 @@ def open_sevir(
         height = width = n_frames = 0
         data = da.zeros((0, 0, 0, 0), dtype=np.uint8)
         dtype = np.dtype(np.uint8)
-    offsets = _frame_offsets(cat, n_frames)
+    offsets = _frame_offsets(cat, n_frames, frame_step)
     time_utc = cat.time_utc.to_numpy().astype("datetime64[ns]")
     ds = xr.Dataset(
         {img_type: (("event", "time", "y", "x"), data)},

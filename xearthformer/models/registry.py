@@ -100,7 +100,7 @@ _FAMILIES: dict[str, Family] = {
         objective="xearthformer.training.objectives:MaskedMSE",
         official_loader=f"{_EARTHFORMER}.official:official_forecaster",
         bundle_classes=("Earthformer",),
-        datasets=("sevir", "enso"),
+        datasets=("sevir", "enso", "sevir-lr"),
     ),
     "prediff": Family(
         name="prediff",
