@@ -131,8 +131,9 @@ def _defining_module_doc(name: str, obj: object) -> list[str] | None:
 
 
 def _constant_docstrings(app, what, name, obj, options, lines) -> None:
-    """Replace the docstring of the *type* of a constant (tuple, dict...) by the constant's own."""
-    if what not in ("data", "attribute") or type(obj).__module__ != "builtins":
+    """Replace the docstring of the *type* of a constant (tuple, dict...) or of a type alias
+    (``XArray = Union[...]``, whose own docstring is typing's) by the constant's ``#:`` comment."""
+    if what not in ("data", "attribute") or type(obj).__module__ not in ("builtins", "typing", "types"):
         return
     lines[:] = _defining_module_doc(name, obj) or []
 

@@ -291,3 +291,17 @@ def test_every_score_keeps_the_control_dim(case):
                                metrics.crps(ens + 2.0, obs).values)
     np.testing.assert_allclose(scores["csi"].sel(control=0).values,
                                metrics.csi(ens.isel(member=0, drop=True), obs, thresholds=[6.0]).values)
+
+
+def test_flatness_takes_the_dataset_rank_histogram_returns():
+    rng = np.random.default_rng(5)
+    obs = xr.Dataset({"vil": xr.DataArray(rng.normal(size=300), dims="x")})
+    ens = xr.Dataset({"vil": xr.DataArray(rng.normal(size=(300, 5)), dims=("x", "member"))})
+    hist = metrics.rank_histogram(ens, obs)
+    assert isinstance(hist, xr.Dataset)
+    got = metrics.rank_histogram_flatness(hist)
+    ref = scipy.stats.chisquare(hist["vil"].values)
+    assert float(got.chi2) == pytest.approx(ref.statistic, rel=1e-12)
+    two = hist.assign(other=hist["vil"])
+    with pytest.raises(DataError, match=r"exactly one.*ds\['vil'\]"):
+        metrics.rank_histogram_flatness(two)

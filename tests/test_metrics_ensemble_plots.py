@@ -93,3 +93,12 @@ def test_plot_members(case, tmp_path):
     assert not early.axes[1].get_visible()  # one context frame only: the rest of the row is empty
     with pytest.raises(DataError, match="member"):
         metrics.plot_members(ens.isel(member=0, drop=True))
+
+
+def test_plot_members_labels_daily_context_in_days():
+    obs = make_observed(n_time=10, ny=6, nx=6, freq="D", scale=10.0)
+    ens = make_forecast(obs, n_init=4, n_lead=3, noise=3.0, members=2, seed=4)
+    fig = metrics.plot_members(ens, context=obs, init_index=3, members=1)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
+    assert titles[:3] == ["-2 d", "-1 d", "+0 d"]  # not "-2880 min"
+    assert titles[3:6] == ["+1 d", "+2 d", "+3 d"]

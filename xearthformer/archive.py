@@ -65,7 +65,15 @@ _REPLACED = ".replaced-"
 
 @dataclass
 class WriteSummary:
-    """What :func:`write_forecast` did."""
+    """What :func:`write_forecast` did.
+
+    Examples
+    --------
+    >>> summary = write_forecast(fc, "out.zarr")                      # doctest: +SKIP
+    >>> print(WriteSummary("out.zarr", inits_done=120, inits_skipped=0, chunks_done=15,
+    ...                    chunks_skipped=0, seconds=42.0))
+    120 init times forecast (15 chunks), 0 skipped as already done (0 chunks), in 42.0 s -> out.zarr
+    """
 
     path: str
     inits_done: int

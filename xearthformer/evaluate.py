@@ -502,6 +502,8 @@ def evaluate(
 def format_scores(scores: xr.Dataset) -> str:
     """A small table of the headline scores beside the published Earthformer numbers.
 
+    Examples
+    --------
     >>> s = xr.Dataset({"mse": 0.002}, attrs={"dataset": "sevir", "split": "test", "n_samples": 3})
     >>> print(format_scores(s).splitlines()[1])
     metric              this model     published

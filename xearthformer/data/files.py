@@ -24,6 +24,15 @@ def input_paths(patterns: Sequence[str]) -> list[str]:
     ------
     DataError
         Nothing matches.
+
+    Examples
+    --------
+    >>> import os, tempfile, xarray as xr
+    >>> folder = tempfile.mkdtemp()
+    >>> for year in (2000, 2001):
+    ...     xr.Dataset({"sst": ("time", [0.0])}, {"time": [year]}).to_netcdf(os.path.join(folder, f"sst_{year}.nc"))
+    >>> [os.path.basename(p) for p in input_paths([os.path.join(folder, "sst_*.nc")])]
+    ['sst_2000.nc', 'sst_2001.nc']
     """
     paths: list[str] = []
     for pattern in patterns:
@@ -57,6 +66,19 @@ def open_archive(paths: Sequence[str]) -> xr.Dataset:
     ------
     DataError
         A file cannot be read, or is on another grid than the first.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, pandas as pd, xarray as xr
+    >>> folder = tempfile.mkdtemp()
+    >>> for year in ("2000", "2001"):
+    ...     time = pd.date_range(year, periods=12, freq="MS")
+    ...     sst = xr.DataArray(np.zeros((12, 2, 3)), dims=("time", "lat", "lon"),
+    ...                        coords={"time": time, "lat": [0.0, 1.0], "lon": [0.0, 1.0, 2.0]}, name="sst")
+    ...     sst.to_netcdf(os.path.join(folder, f"sst_{year}.nc"))
+    >>> ds = open_archive(input_paths([os.path.join(folder, "sst_*.nc")]))
+    >>> ds.sizes["time"], ds.sst.chunks is not None                  # lazy, on Dask
+    (24, True)
     """
     from ..errors import XEarthformerError
     from ..layout.axes import find_coord

@@ -18,6 +18,13 @@ import xarray as xr
 
 from ..errors import DataError
 
+#: Either labelled type, ``xarray.Dataset`` or ``xarray.DataArray``: the type of the public
+#: functions' labelled inputs and outputs.
+#:
+#: Examples
+#: --------
+#: >>> isinstance(xr.DataArray([1.0]), XArray), isinstance([1.0], XArray)
+#: (True, False)
 XArray = Union[xr.Dataset, xr.DataArray]
 
 
@@ -39,6 +46,15 @@ class Axes:
         Vertical level dimension (pressure, height, depth...), folded into channels.
     grid_mapping : str or None
         Name of the CF grid-mapping variable, if any.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> da = xr.DataArray(np.zeros((2, 3, 4)), dims=("time", "latitude", "longitude"),
+    ...                   coords={"time": pd.date_range("2000", periods=2), "latitude": [0.0, 1.0, 2.0],
+    ...                           "longitude": [0.0, 1.0, 2.0, 3.0]})
+    >>> find_axes(da)
+    Axes(time='time', y='latitude', x='longitude', lat='latitude', lon='longitude', vertical=None, grid_mapping=None)
     """
 
     time: str | None
@@ -198,6 +214,8 @@ def find_coord(obj: XArray, kind: str) -> str | None:
     :data:`COMMON_NAMES`), of any dimensionality; None when there is none. For code that needs
     one axis and must not fail without the others (the metrics on forecasts, indices...).
 
+    Examples
+    --------
     >>> find_coord(xr.Dataset(coords={"nav_lat": [0.0, 1.0]}), "latitude")
     'nav_lat'
     """

@@ -38,6 +38,8 @@ def is_lazy(*objs: Any, names: Sequence[Hashable] | None = None) -> bool:
     a Dask array (Zarr, ``open_mfdataset``, ``.chunk()``): the one test of laziness that
     forecasting, training and the metrics use.
 
+    Examples
+    --------
     >>> is_lazy(xr.DataArray([1.0]).chunk()), is_lazy(xr.Dataset({"a": ("x", [1.0])}))
     (True, False)
     """

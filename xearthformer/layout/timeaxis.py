@@ -31,6 +31,8 @@ _UNIT_NS = {"days": 86_400 * 10**9, "hours": 3_600 * 10**9, "minutes": 60 * 10**
 class TimeStep:
     """A regular time step: ``n`` units, fixed (days..seconds) or calendar (months/years).
 
+    Examples
+    --------
     >>> TimeStep(6, "hours").is_calendar
     False
     >>> TimeStep(1, "months").is_calendar
@@ -97,6 +99,8 @@ def format_time(t: Any, compact: bool = False) -> str:
     This text is part of the noise keys of ensembles (:mod:`xearthformer.models.keys`): do not
     change it.
 
+    Examples
+    --------
     >>> format_time(np.datetime64("2009-01-16T12:00"))
     '2009-01-16T12:00:00'
     >>> format_time(np.datetime64("2009-01-16T12:00"), compact=True)

@@ -224,6 +224,8 @@ def scores_from_counts(counts: xr.Dataset, eps: float = 0.0) -> xr.Dataset:
     formulas as :func:`csi` and friends. ``eps`` is added to every denominator (the SEVIR
     protocol uses ``SEVIR_EPS``); with ``eps=0`` a zero denominator gives NaN.
 
+    Examples
+    --------
     >>> import xarray as xr
     >>> c = xr.Dataset({"hits": 2, "misses": 1, "false_alarms": 1})
     >>> float(scores_from_counts(c).csi)
@@ -291,7 +293,8 @@ def _make(formula: Callable[[xr.Dataset, float], xr.DataArray], name: str, doc: 
                       aggregate, sample_dim, **kwargs)
 
     metric.__name__ = metric.__qualname__ = name
-    metric.__doc__ = doc + _COMMON_DOC.format(name=name)
+    # the shared Parameters/Returns go between the summary and the Examples of ``doc``
+    metric.__doc__ = doc.replace("{parameters}", _COMMON_DOC.format(name=name))
     return metric
 
 
@@ -315,21 +318,27 @@ _COMMON_DOC = """
     """
 
 csi = _make(_csi, "csi", """Critical success index h / (h + m + f) (threat score).
-
+{parameters}
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> fc = xr.DataArray(np.array([1.0, 5.0, 5.0]), dims="x")
     >>> float(csi(fc, xr.DataArray(np.array([5.0, 5.0, 1.0]), dims="x"), thresholds=3.0))
     0.3333333333333333
 """)
 pod = _make(_pod, "pod", """Probability of detection h / (h + m).
-
+{parameters}
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> fc = xr.DataArray(np.array([1.0, 5.0, 5.0]), dims="x")
     >>> float(pod(fc, xr.DataArray(np.array([5.0, 5.0, 1.0]), dims="x"), thresholds=3.0))
     0.5
 """)
 sucr = _make(_sucr, "sucr", """Success ratio h / (h + f) = 1 - false alarm ratio.
-
+{parameters}
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> fc = xr.DataArray(np.array([1.0, 5.0, 5.0]), dims="x")
     >>> float(sucr(fc, xr.DataArray(np.array([5.0, 5.0, 1.0]), dims="x"), thresholds=3.0))
@@ -337,7 +346,9 @@ sucr = _make(_sucr, "sucr", """Success ratio h / (h + f) = 1 - false alarm ratio
 """)
 frequency_bias = _make(_fbias, "frequency_bias", """Frequency bias (h + f) / (h + m): 1 is
     unbiased, above 1 over-forecasting. Not the official SEVIR "bias" (see the module notes).
-
+{parameters}
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> fc = xr.DataArray(np.array([1.0, 5.0, 5.0]), dims="x")
     >>> float(frequency_bias(fc, xr.DataArray(np.array([5.0, 1.0, 1.0]), dims="x"), thresholds=3.0))
@@ -360,6 +371,8 @@ def csi_m(
     of the six CSIs pooled over all samples, pixels and lead times). Other parameters as in
     :func:`csi`; undefined CSIs are skipped in the mean.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> fc = xr.DataArray(np.array([1.0, 5.0, 9.0]), dims="x")
     >>> ob = xr.DataArray(np.array([1.0, 5.0, 9.0]), dims="x")
@@ -408,6 +421,8 @@ def ensemble_csi(
         ``ensemble_mean`` (CSI of the mean field), ``per_member`` (with ``member_dim``) and
         ``member_mean`` (mean over members of ``per_member``, skipping undefined ones).
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 10.0], [10.0, 10.0]]), dims=("x", "member"))
     >>> out = ensemble_csi(ens, xr.DataArray([10.0, 10.0], dims="x"), thresholds=6.0)

@@ -56,6 +56,8 @@ def mse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
         refused, or with ``"mean"`` averaged over each calendar month (year) first (see
         :func:`xearthformer.metrics._common.align_to_valid_time`).
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> float(mse(xr.DataArray(np.array([1.0, 3.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     5.0
@@ -68,6 +70,8 @@ def mae(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
         obs_resample: str | None = None) -> XArray:
     """Mean absolute error; parameters as in :func:`mse`.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> float(mae(xr.DataArray(np.array([1.0, -3.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     2.0
@@ -80,6 +84,8 @@ def rmse(forecast: Any, observed: Any, dim: Dims = None, weights: Any = None,
          obs_resample: str | None = None) -> XArray:
     """Root mean squared error (square root of :func:`mse`); parameters as in :func:`mse`.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> float(rmse(xr.DataArray(np.array([3.0, 4.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     3.5355339059327378
@@ -91,6 +97,8 @@ def mean_bias(forecast: Any, observed: Any, dim: Dims = None, weights: Any = Non
         obs_resample: str | None = None) -> XArray:
     """Mean error forecast - observed (positive: the forecast is too high); as :func:`mse`.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> float(mean_bias(xr.DataArray(np.array([1.0, 3.0]), dims="x"), xr.DataArray(np.zeros(2), dims="x")))
     2.0
@@ -116,6 +124,8 @@ def acc(
     the (weighted) means over ``dim`` first, which makes it the Pearson correlation
     (xskillscore's ``pearson_r``); the default uncentred form is the WMO/ECMWF ACC.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> fc = xr.DataArray(np.array([1.0, -1.0, 2.0]), dims="x")
     >>> float(acc(fc, 2 * fc))

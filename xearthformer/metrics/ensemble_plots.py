@@ -68,11 +68,13 @@ def plot_rank_histogram(histogram: xr.DataArray, ax: Any = None, rank_dim: Hasha
     -------
     matplotlib.figure.Figure
 
+    Examples
+    --------
     >>> fig = plot_rank_histogram(xr.DataArray([3, 5, 4], dims="rank"))  # doctest: +SKIP
     """
     from .probabilistic import rank_histogram_flatness
 
-    histogram = to_xarray(histogram)
+    histogram = single_variable(to_xarray(histogram), "the rank histogram")
     _only_dims(histogram, (rank_dim,), "the rank histogram")
     counts = np.asarray(histogram.values, dtype=float)
     total = counts.sum()
@@ -112,6 +114,8 @@ def plot_reliability(diagram: xr.Dataset, hue: Hashable | None = None) -> Any:
     matplotlib.figure.Figure
         Two axes: the diagram with the diagonal, and the counts per bin.
 
+    Examples
+    --------
     >>> fig = plot_reliability(reliability(ens, obs, threshold=[16, 74], dim=None))  # doctest: +SKIP
     """
     from .events import BIN_DIM
@@ -168,6 +172,8 @@ def plot_rapsd(spectra: xr.DataArray | xr.Dataset, hue: Hashable | None = None,
     -------
     matplotlib.figure.Figure
 
+    Examples
+    --------
     >>> fig = plot_rapsd(rapsd(fc, obs, dim=["init_time"]))  # doctest: +SKIP
     """
     from .spectral import WAVENUMBER
@@ -235,6 +241,8 @@ def plot_members(
     matplotlib.figure.Figure
         ``rows x lead times`` image axes plus one colour bar.
 
+    Examples
+    --------
     >>> fig = plot_members(ens, observed=vil, context=vil, members=3)  # doctest: +SKIP
     """
     ens = single_variable(to_xarray(ensemble), "the ensemble")
@@ -251,11 +259,8 @@ def plot_members(
     _only_dims(one, (LEAD, member_dim, ydim, xdim), "the ensemble at one init time")
     n_leads = one.sizes[LEAD]
     rows: list[tuple[str, list[np.ndarray], list[str]]] = []
-    lead_numbers, lead_unit = _lead_values(one[LEAD]) if LEAD in one.coords else \
-        (np.arange(1, n_leads + 1), "lead")
-    unit = lead_unit.split("(")[-1].rstrip(")") if "(" in lead_unit else ""
-    unit = {"minutes": "min", "hours": "h", "days": "d"}.get(unit, unit)
-    lead_titles = [f"+{v:g} {unit}".rstrip() for v in lead_numbers]
+    lead_titles = _step_titles(one[LEAD]) if LEAD in one.coords else \
+        [f"+{k}" for k in range(1, n_leads + 1)]
     if context is not None:
         rows.append(_context_row(context, ens[INIT].values[init_index], n_leads, ydim, xdim))
     if truth is not None:
@@ -292,6 +297,15 @@ def plot_members(
     return fig
 
 
+def _step_titles(offsets: xr.DataArray) -> list[str]:
+    """Signed frame titles (``+10 min``, ``-2 d``) in the unit the lead axis uses, so daily
+    context frames do not read ``-1440 min``."""
+    numbers, axis_label = _lead_values(offsets)
+    unit = axis_label.split("(")[-1].rstrip(")") if "(" in axis_label else ""
+    unit = {"minutes": "min", "hours": "h", "days": "d"}.get(unit, unit)
+    return [f"{v:+g} {unit}".rstrip() for v in np.asarray(numbers)]
+
+
 def _context_row(context: Any, init: Any, n_frames: int, ydim: Hashable, xdim: Hashable
                  ) -> tuple[str, list[np.ndarray], list[str]]:
     from ._common import TIME, standard_time
@@ -304,10 +318,9 @@ def _context_row(context: Any, init: Any, n_frames: int, ydim: Hashable, xdim: H
         raise DataError(f"the context holds no time at or before the init time {init}")
     before = before.isel({TIME: slice(-n_frames, None)})
     times = before[TIME].values
-    titles = []
-    for t in times:
-        offset = (t - init) / np.timedelta64(1, "m") if np.issubdtype(np.asarray(t).dtype,
-                                                                      np.datetime64) else None
-        titles.append(f"{offset:+g} min" if offset is not None else str(t))
+    if np.issubdtype(times.dtype, np.datetime64):
+        titles = _step_titles(xr.DataArray(times - np.datetime64(init, "ns")))
+    else:  # cftime or numbers: the times as they are
+        titles = [str(t) for t in times]
     frames = [before.isel({TIME: k}).transpose(ydim, xdim).values for k in range(len(times))]
     return "context", frames, titles

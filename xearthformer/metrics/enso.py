@@ -65,6 +65,8 @@ def nino34_weights(n_leads: int = 12) -> xr.DataArray:
     ``a = [1.5]*4 + [2]*7 + [3]*7 + [4]*...`` (the Tianchi AI-Earth weights), truncated to
     ``n_leads``; for 12 leads ``a = [1.5]*4 + [2]*7 + [3]``.
 
+    Examples
+    --------
     >>> nino34_weights(3).round(4).values.tolist()
     [0.0, 1.0397, 1.6479]
     """
@@ -195,6 +197,8 @@ def monthly_climatology(sst: Any, base_period: Any = None) -> xr.DataArray:
     inclusive (``("1991", "2020")``); None uses every time. Forecasts are grouped by the
     calendar month of their ``valid_time``. Lazy with Dask input.
 
+    Examples
+    --------
     >>> import pandas as pd, xarray as xr
     >>> sst = xr.DataArray(range(24), dims="time", name="sst",
     ...                    coords={"time": pd.date_range("2000-01", periods=24, freq="MS")})
@@ -370,6 +374,8 @@ def c_nino34(
     ``protocol="icar-enso"`` adds the official 1e-6 to the correlation's denominator.
     Observed indices on ``time`` are aligned to the forecast's ``valid_time``.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> rng = np.random.default_rng(0)
     >>> obs = xr.DataArray(rng.normal(size=(20, 12)), dims=("init_time", "lead_time"))
@@ -427,6 +433,8 @@ def nino34_skill(
     ``protocol="icar-enso"`` both inputs are anomalies on the ICAR-ENSO grid (forward window).
     Observations on ``time`` are matched to the forecast's ``valid_time``.
 
+    Examples
+    --------
     >>> fc.earthformer.nino34_skill(sst).c_nino34_m   # doctest: +SKIP
     """
     observed = find_sst(observed_sst)

@@ -95,6 +95,8 @@ def reliability(
         empty bin), ``mean_forecast_probability``, ``count`` (forecasts per bin) and
         ``sharpness`` (``count`` as a fraction of all forecasts). Lazy on Dask input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 0.0], [0.0, 9.0], [0.0, 9.0]]), dims=("x", "member"))
     >>> out = reliability(ens, xr.DataArray([0.0, 9.0, 0.0], dims="x"), 5.0, bins=2)
@@ -169,6 +171,8 @@ def roc(
         and ``auc``. NaN where the reduced data hold no event or no non-event. Lazy on Dask
         input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 9.0], [0.0, 9.0], [0.0, 0.0]]), dims=("x", "member"))
     >>> out = roc(ens, xr.DataArray([9.0, 0.0, 0.0], dims="x"), threshold=5.0)

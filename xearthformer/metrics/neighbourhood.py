@@ -97,6 +97,8 @@ def fss(
     xarray.DataArray
         Named ``fss``; NaN where neither field has an event. Lazy on Dask input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> obs = xr.DataArray(np.eye(5), dims=("y", "x"))
     >>> float(fss(obs, obs, 0.5, scales=3))

@@ -49,6 +49,8 @@ def plot_by_lead(
     kwargs
         Passed to ``Axes.plot``.
 
+    Examples
+    --------
     >>> ax = csi(fc, obs, thresholds=[16, 74]).earthformer.plot_by_lead()  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt

@@ -83,6 +83,8 @@ def pool(obj: XArray, size: int, method: str = "max", stride: int | None = None,
     -------
     Same type as ``obj``, smaller along the spatial dims; lazy on Dask input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> da = xr.DataArray(np.arange(9.0).reshape(3, 3), dims=("y", "x"))
     >>> pool(da, 2, "avg", stride=1).values.tolist()
@@ -123,6 +125,8 @@ def max_pool(obj: XArray, size: int, stride: int | None = None,
              dims: Sequence[Hashable] | None = None) -> XArray:
     """:func:`pool` with ``method="max"`` (kept for existing callers).
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> max_pool(xr.DataArray(np.eye(2), dims=("y", "x")), 2).values.tolist()
     [[1.0]]

@@ -107,6 +107,8 @@ def crps(
         :func:`~xearthformer.metrics.pooling.pool`; the same blocks as the pooled CSI.
         Missing points are left out of a block's max or mean.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 1.0]]), dims=("x", "member"))
     >>> float(crps(ens, xr.DataArray([0.0], dims="x"), fair=True))
@@ -147,6 +149,8 @@ def spread_skill(
     statistically consistent ensemble of M members score 1 (Fortin et al. 2014);
     below 1 is under-dispersive.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 2.0], [1.0, 3.0]]), dims=("x", "member"))
     >>> float(spread_skill(ens, xr.DataArray([1.0, 2.0], dims="x")).spread)
@@ -177,6 +181,8 @@ def rank_histogram(
     0..M among the M members. Ties between the observation and members are broken at
     random (``seed``), as in xskillscore. Returns counts along a ``rank`` dim.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 2.0], [1.0, 3.0]]), dims=("x", "member"))
     >>> rank_histogram(ens, xr.DataArray([1.0, 5.0], dims="x")).values.tolist()
@@ -241,12 +247,14 @@ def rank_histogram_flatness(histogram: xr.DataArray, rank_dim: Hashable = "rank"
     xarray.Dataset
         ``chi2``, ``dof`` (an int), ``p_value``, ``delta``. Lazy on Dask input.
 
+    Examples
+    --------
     >>> import xarray as xr
     >>> out = rank_histogram_flatness(xr.DataArray([10, 10, 10, 10], dims="rank"))
     >>> float(out.chi2), float(out.p_value)
     (0.0, 1.0)
     """
-    histogram = to_xarray(histogram)
+    histogram = single_variable(to_xarray(histogram), "the rank histogram")
     if rank_dim not in histogram.dims:
         raise DataError(
             f"the histogram has dims {list(histogram.dims)}; expected a {rank_dim!r} dim "
@@ -284,6 +292,8 @@ def brier_score(
     thresholds gives a ``threshold`` dim. ``fair=True`` subtracts the finite-ensemble
     term ``p (1 - p) / (M - 1)`` (Ferro 2014).
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 2.0], [3.0, 3.0]]), dims=("x", "member"))
     >>> float(brier_score(ens, xr.DataArray([1.0, 2.0], dims="x"), threshold=1.0))

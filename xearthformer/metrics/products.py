@@ -102,6 +102,8 @@ def probability(
         standard_name and ``spp__relative_to_threshold = "greater_than_or_equal_to"``.
         A Dataset keeps its global attributes. Lazy on Dask input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 1.0], [5.0, 6.0]]), dims=("x", "member"))
     >>> probability(ens, [1.0, 5.5]).transpose("threshold", "x").values.tolist()
@@ -158,6 +160,8 @@ def quantile(
         With a ``quantile`` coordinate (units "1"); variables keep their attributes (units,
         standard_name); a Dataset keeps its global attributes. Lazy on Dask input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> ens = xr.DataArray(np.array([[0.0, 1.0, 2.0, 3.0, 4.0]]), dims=("x", "member"))
     >>> quantile(ens, 0.5).values.tolist()

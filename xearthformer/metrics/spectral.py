@@ -136,6 +136,8 @@ def rapsd(
         frame with NaN gives NaN (fill missing values first, e.g. ``field.fillna(0)``).
         Lazy on Dask input.
 
+    Examples
+    --------
     >>> import numpy as np, xarray as xr
     >>> wave = xr.DataArray(np.cos(2 * np.pi * 4 * np.arange(16) / 16)[None, :].repeat(16, 0),
     ...                     dims=("y", "x"))

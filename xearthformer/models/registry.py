@@ -182,7 +182,17 @@ def resolve(ref: str) -> Any:
 
 
 def presets(family: str = "earthformer") -> dict[str, ModelConfig]:
-    """The named configs of ``family`` (Earthformer: ``sevir``, ``enso``, ``small``, ``tiny``)."""
+    """The named configs of ``family`` (Earthformer: ``sevir``, ``enso``, ``small``, ``tiny``).
+
+    Examples
+    --------
+    >>> import xearthformer as xef
+    >>> sorted(xef.presets())
+    ['enso', 'sevir', 'small', 'tiny']
+    >>> xef.presets()["sevir"].input_shape, xef.presets()["sevir"].target_shape
+    ((13, 384, 384, 1), (12, 384, 384, 1))
+    >>> cfg = xef.presets()["tiny"].replace(input_shape=(4, 16, 16, 1), target_shape=(2, 16, 16, 1))
+    """
     return dict(resolve(_row(family).presets)())
 
 

@@ -39,6 +39,19 @@ class EarthformerConfig(ModelConfig):
     :mod:`xearthformer.nn.patterns`, one for all levels or a tuple with one per level.
     Serialisation, copies and ``without_dropout`` come from
     :class:`~xearthformer.models.config.ModelConfig`; the config is validated when built.
+
+    Examples
+    --------
+    >>> import torch, xearthformer as xef
+    >>> cfg = xef.EarthformerConfig(input_shape=(4, 16, 16, 1), target_shape=(2, 16, 16, 1), base_units=16)
+    >>> tuple(xef.Earthformer(cfg)(torch.zeros(1, 4, 16, 16, 1)).shape)
+    (1, 2, 16, 16, 1)
+    >>> xef.EarthformerConfig.from_dict(cfg.to_dict()) == cfg      # JSON-ready, round trip
+    True
+    >>> xef.EarthformerConfig(input_shape=(4, 16, 16, 1), target_shape=(2, 8, 16, 1))
+    Traceback (most recent call last):
+        ...
+    xearthformer.errors.ConfigError: input and target must share H, W: ...
     """
 
     input_shape: Shape

@@ -77,6 +77,21 @@ def load_official(path_or_state_dict: str | os.PathLike[str] | Mapping[str, torc
         (all named in the message).
     ConfigError
         Unknown preset.
+
+    Examples
+    --------
+    The official ICAR-ENSO checkpoint, downloaded by hand:
+
+    >>> net = load_official("earthformer_icarenso2021.pt", preset="enso")   # doctest: +SKIP
+
+    A state_dict works as well; here a randomly initialised one stands in for the official
+    weights (the keys and shapes are the official ones):
+
+    >>> import xearthformer as xef
+    >>> state = xef.Earthformer(xef.presets()["enso"]).state_dict()
+    >>> net = load_official(state, preset="enso")
+    >>> sum(p.numel() for p in net.parameters())           # the official model's count
+    1394325
     """
     from .network import Earthformer
 
