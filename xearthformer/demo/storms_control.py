@@ -26,7 +26,6 @@ import numpy as np
 import xarray as xr
 
 from ..data.sevir import SEVIR_THRESHOLDS
-from .storms import held_out_inits
 
 if TYPE_CHECKING:
     from ..models.base import Forecaster
@@ -139,6 +138,7 @@ def run_storms_control(out: Path, model: Forecaster, ds: xr.Dataset, split: int,
                        sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """The control sweep of the storms ensemble demo; returns the rows and output paths."""
     from ..models.prediff.knowledge import control_attrs, prepare_guidance
+    from .storms import held_out_inits
     from .storms_ensemble import busiest_init
 
     sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
