@@ -86,7 +86,7 @@ def with_alignment(model_path: Path, ds, split: int, epochs: int, quick: bool, d
             return again, cached, None
     t0 = time.perf_counter()
     model = xef.train_alignment(model, ds.isel(time=slice(0, split)), STAT, epochs=1 if quick else epochs,
-                                batch_size=8, val=0.2, device=device, progress=True,
+                                batch_size=8, val=None, device=device, progress=True,
                                 steps_per_epoch=2 if quick else None)
     seconds = time.perf_counter() - t0
     model.metadata["control_base_sha256"] = bundle_digest(load(model_path))
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", nargs="+", type=float, default=[-2, -1, 0, 1, 2])
     p.add_argument("--scales", nargs="+", type=float, default=None,
                    help="guidance strengths to try (default: the bundle's own)")
-    p.add_argument("--align-epochs", type=int, default=10)
+    p.add_argument("--align-epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)

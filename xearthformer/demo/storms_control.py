@@ -34,7 +34,7 @@ CONTROL_FILE = "storms_control.nc"
 CONTROLLED_MODEL = "storms_prediff_control.xef"
 SWEEP = (-4, -2, 0, 2, 4)
 STATISTIC = "mean_intensity"
-ALIGN_EPOCHS = 10
+ALIGN_EPOCHS = 40
 SCORE_DIMS = ["init_time", "lead_time", "y", "x"]
 WITHIN = 0.25
 
@@ -55,7 +55,7 @@ def controlled_model(model: Forecaster, train_ds: xr.Dataset, out: Path, quick: 
         pass
     t0 = time.perf_counter()
     model = train_alignment(model, train_ds, STATISTIC, epochs=1 if quick else ALIGN_EPOCHS, batch_size=8,
-                            val=0.2, device=device, seed=seed, progress=True,
+                            val=None, device=device, seed=seed, progress=True,
                             steps_per_epoch=2 if quick else None)
     print(f"alignment network (future mean intensity) trained in {time.perf_counter() - t0:.0f} s")
     save(model, out / CONTROLLED_MODEL)
