@@ -177,8 +177,14 @@ def test_registry_points_at_the_official_readme_urls():
             "weights": "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_sevir.pt"},
         "earthformer-enso": {
             "weights": "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/earthformer_icarenso2021.pt"},
+        "prediff-sevirlr": {  # gaozhihan/PreDiff src/prediff/utils/download.py
+            part: "https://hkustconnect-my.sharepoint.com/:u:/g/personal/zgaoag_connect_ust_hk/" + file_id
+                  + "&download=1" for part, file_id in (
+                      ("vae", "EZ-BfMnX-dhFrccXtLuCB78BPs3xBc-ke1BG4_9Jf7UblQ?e=bMplKs"),
+                      ("denoiser", "EUp432GSXplCuhN7-WUF6YsBK4WrWiL8A9RZCA1Pf9D0Ag?e=eY6hcQ"),
+                      ("alignment", "EWHH7y6w9D5Dg01YNX99IFQBA3tCR2a7s7z7Xv0BiNLV7Q?e=Hd9jCH"))},
     }
-    assert all(v.family == "earthformer" for v in pre.REGISTRY.values())
+    assert {v.family for v in pre.REGISTRY.values()} == {"earthformer", "prediff"}
     assert pre.REGISTRY["earthformer-enso"].filenames == {"weights": "earthformer_icarenso2021.pt"}
 
 

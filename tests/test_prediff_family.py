@@ -179,6 +179,21 @@ def _raising(*args, **kwargs):
     raise AssertionError("something was computed while building the lazy ensemble")
 
 
+def test_the_ensemble_file_is_cf_and_scores_with_xskillscore(model, data, tmp_path):
+    import xskillscore as xs
+
+    from tests.cfcheck import cf_errors
+
+    ens = F.ensemble(data, model, members=3, init=data.time.values[3:5], device="cpu", progress=False)
+    path = str(tmp_path / "ens.nc")
+    ens.to_netcdf(path)
+    assert cf_errors(path) == []
+    obs = data.rain.sel(time=ens.valid_time.isel(lead_time=0).values).rename(time="init_time")
+    obs = obs.assign_coords(init_time=ens.init_time.values)
+    crps = xs.crps_ensemble(obs, ens.rain.isel(lead_time=0))     # member_dim="member" as it is
+    assert np.isfinite(float(crps)) and float(crps) >= 0
+
+
 def test_forecast_is_the_member_mean(model, data):
     kwargs = dict(init=data.time.values[4:6], device="cpu", progress=False)
     fc = F.forecast(data, model, members=3, **kwargs)
@@ -232,3 +247,15 @@ def test_docstring_examples_run():
     import doctest
 
     assert doctest.testmod(fam, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_memory_estimate_is_within_a_factor_of_the_measured_peak():
+    # the family estimate against the peak resident memory of one 1-step pass measured for these
+    # shapes (benchmarks/bench_memory.py --family prediff, batches of 8 on the CPU)
+    for preset, grid, measured_mib in (("tiny", 48, 8.9), ("sevirlr", 128, 313.6)):
+        with torch.device("meta"):
+            net = registry.build("prediff", preset, input_shape=(7, grid, grid, 1), target_shape=(6, grid, grid, 1))
+        assert 0.9 * measured_mib < net.inference_bytes_per_sample() / 2**20 < 1.5 * measured_mib
+    plan = F.plan_inference(PreDiff(tiny_config()), (CONTEXT, GRID, GRID, 1), items=8, members=4)
+    assert plan.per_item == pytest.approx(PreDiff(tiny_config()).inference_bytes_per_sample()
+                                          + 8 * 2 * CONTEXT * GRID * GRID, rel=1e-6)

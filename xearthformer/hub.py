@@ -80,7 +80,10 @@ def one_file(url: str, sha256: str | None, preset: str, description: str,
 
 
 _BASE = "https://earthformer.s3.amazonaws.com/pretrained_checkpoints/"
-#: name -> checkpoint files; URLs from the official README (amazon-science/earth-forecasting-transformer).
+#: where gaozhihan/PreDiff's download.py fetches its checkpoints (file ids from that file)
+_PREDIFF_BASE = "https://hkustconnect-my.sharepoint.com/:u:/g/personal/zgaoag_connect_ust_hk/"
+#: name -> checkpoint files; URLs from the official READMEs (amazon-science/earth-forecasting-transformer,
+#: gaozhihan/PreDiff).
 REGISTRY: dict[str, Pretrained] = {
     "earthformer-sevir": one_file(
         _BASE + "earthformer_sevir.pt", None, "sevir",
@@ -88,6 +91,21 @@ REGISTRY: dict[str, Pretrained] = {
     "earthformer-enso": one_file(
         _BASE + "earthformer_icarenso2021.pt", None, "enso",
         "ICAR-ENSO: 12 months of min-max-scaled SST anomaly (24x48, lon 95-330) -> next 14 months"),
+    # the official PreDiff release: three plain state_dicts, no SHA-256 published (None: the
+    # computed hashes are reported in the Forecaster's metadata so they can be recorded)
+    "prediff-sevirlr": Pretrained(
+        {part: (_PREDIFF_BASE + file_id + "&download=1", filename, None) for part, (filename, file_id) in {
+            "vae": ("pretrained_sevirlr_vae_8x8x64_v1.pt",
+                    "EZ-BfMnX-dhFrccXtLuCB78BPs3xBc-ke1BG4_9Jf7UblQ?e=bMplKs"),
+            "denoiser": ("pretrained_sevirlr_earthformerunet_v1.pt",
+                         "EUp432GSXplCuhN7-WUF6YsBK4WrWiL8A9RZCA1Pf9D0Ag?e=eY6hcQ"),
+            "alignment": ("pretrained_sevirlr_alignment_avg_x_cuboid_v1.pt",
+                          "EWHH7y6w9D5Dg01YNX99IFQBA3tCR2a7s7z7Xv0BiNLV7Q?e=Hd9jCH"),
+        }.items()},
+        "sevirlr",
+        "PreDiff SEVIR-LR ensembles: 7 frames of VIL/255 (128x128, 10 min) -> next 6 frames "
+        "(frame VAE, Earthformer-UNet denoiser, average-intensity alignment network)",
+        family="prediff"),
 }
 
 _CHUNK = 1 << 20
@@ -299,7 +317,8 @@ def pretrained(name: str, cache: str | os.PathLike | None = None, progress: bool
     Parameters
     ----------
     name
-        ``"earthformer-sevir"`` or ``"earthformer-enso"`` (see :data:`REGISTRY`).
+        ``"earthformer-sevir"``, ``"earthformer-enso"`` or ``"prediff-sevirlr"`` (see
+        :data:`REGISTRY`).
     cache, progress
         See :func:`fetch`.
 
@@ -347,10 +366,12 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xearthformer convert``."""
     parser.add_argument("source", nargs="+",
                         help="the official checkpoint file (.pt state_dict); for families with "
-                             "several files: PART=PATH for each")
+                             "several files: PART=PATH for each (PreDiff: vae=, denoiser=, "
+                             "optional alignment=)")
     parser.add_argument("output", help="bundle to write (.xef)")
     parser.add_argument("--preset", required=True,
-                        help="which official model the checkpoint is (Earthformer: sevir or enso)")
+                        help="which official model the checkpoint is (Earthformer: sevir or enso; "
+                             "PreDiff: sevirlr)")
     parser.add_argument("--family", default="earthformer",
                         help="model family of the checkpoint (default: earthformer)")
 

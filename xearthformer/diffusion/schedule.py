@@ -72,12 +72,13 @@ def make_betas(name: str, timesteps: int, **params: float) -> np.ndarray:
             raise ConfigError("linear schedule needs 0 < linear_start <= linear_end < 1, got "
                               f"{p['linear_start']} and {p['linear_end']}")
         # torch.linspace, as the official code, so the float64 betas match it bit for bit
+        # (on the CPU explicitly: the betas are numpy data even under a meta/cuda default device)
         root = torch.linspace(p["linear_start"] ** 0.5, p["linear_end"] ** 0.5, timesteps,
-                              dtype=torch.float64)
+                              dtype=torch.float64, device="cpu")
         return (root ** 2).numpy()
     if not p["cosine_s"] >= 0:
         raise ConfigError(f"cosine schedule needs cosine_s >= 0, got {p['cosine_s']}")
-    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + p["cosine_s"]
+    steps = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu") / timesteps + p["cosine_s"]
     alphas_cumprod = torch.cos(steps / (1 + p["cosine_s"]) * math.pi / 2).pow(2)
     alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
     return np.clip((1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).numpy(), 0.0, 0.999)

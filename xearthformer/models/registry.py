@@ -53,6 +53,11 @@ class Family:
         network's module (the first is the network itself).
     datasets : tuple of str
         Data sets :func:`xearthformer.evaluate.evaluate` may score this family on.
+    trainer : str or None
+        ``"module:function"`` that trains this family on labelled data when one loop with the
+        default objective is not enough (PreDiff: the VAE, then the denoiser);
+        :func:`xearthformer.train` hands it all its arguments. None: ``xearthformer.train``
+        itself trains the network with ``objective``.
     control : str or None
         ``"module:function"`` of knowledge control, called as ``function(forecaster, control)``
         with a control request (``{"n": 2}``...) and returning ``(sampling options, attributes)``:
@@ -68,10 +73,11 @@ class Family:
     official_loader: str | None = None
     bundle_classes: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
+    trainer: str | None = None
     control: str | None = None
 
     def __post_init__(self) -> None:
-        for what in ("network", "config", "presets", "objective", "official_loader", "control"):
+        for what in ("network", "config", "presets", "objective", "official_loader", "trainer", "control"):
             ref = getattr(self, what)
             if ref is not None and (not isinstance(ref, str) or ref.count(":") != 1):
                 raise ConfigError(f"family {self.name!r}: {what} must be a 'module:attribute' string, "
@@ -108,8 +114,10 @@ _FAMILIES: dict[str, Family] = {
         config=f"{_PREDIFF}.family:PreDiffConfig",
         presets=f"{_PREDIFF}.family:presets",
         objective="xearthformer.training.prediff:DiffusionObjective",
-        official_loader=None,
+        official_loader=f"{_PREDIFF}.official:official_forecaster",
         bundle_classes=("PreDiff",),
+        trainer="xearthformer.training.prediff:train_prediff",
+        datasets=("sevir-lr",),
         control=f"{_PREDIFF}.knowledge:control_options",
     ),
 }

@@ -9,6 +9,8 @@
 - :mod:`.data` -- the time split and the window sources cut from labelled data
 - :mod:`.labelled` -- ``xearthformer.train`` (labelled data in, a Forecaster out) and the
   ``xearthformer train`` command
+- :mod:`.prediff` -- ``xearthformer.train_prediff``: the PreDiff VAE, then its denoiser, with
+  their objectives
 
 Importing this package imports nothing heavy; the names below load their module on first use.
 
@@ -21,7 +23,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"train": "labelled", "fit": "loop", "TrainConfig": "loop", "MaskedMSE": "objectives"}
+_LAZY = {"train": "labelled", "fit": "loop", "TrainConfig": "loop", "MaskedMSE": "objectives",
+         "train_prediff": "prediff"}
 __all__ = sorted(_LAZY)
 
 

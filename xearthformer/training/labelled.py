@@ -132,7 +132,9 @@ def train(
         Seed of the model initialisation, the shuffling and dropout.
     family : str
         Model family in :mod:`xearthformer.models.registry`; its default objective is the loss
-        (Earthformer: the masked, area-weighted MSE).
+        (Earthformer: the masked, area-weighted MSE). A family with its own ``trainer`` in the
+        registry is trained by it with these arguments (``"prediff"``:
+        :func:`xearthformer.training.prediff.train_prediff`, VAE then denoiser).
     lr, weight_decay, warmup, clip_grad, precision, activation_checkpointing, patience, steps_per_epoch
         See :class:`xearthformer.training.loop.TrainConfig`. ``precision="auto"``: bf16
         autocast on CUDA, fp32 on CPU.
@@ -165,6 +167,15 @@ def train(
     >>> fc.spec.input_shape                                           # doctest: +SKIP
     (6, 24, 72, 1)
     """
+    trainer = registry.family(family).trainer
+    if trainer is not None:  # a family that trains in stages (PreDiff: VAE, then denoiser)
+        return registry.resolve(trainer)(
+            ds, preset=preset, variables=variables, targets=targets, context=context, lead=lead, epochs=epochs,
+            batch_size=batch_size, val=val, device=device, checkpoint_dir=checkpoint_dir, seed=seed, family=family,
+            lr=lr, weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad, precision=precision,
+            activation_checkpointing=activation_checkpointing, patience=patience, normalization=normalization,
+            static=static, calendar=calendar, coslat=coslat, steps_per_epoch=steps_per_epoch, resume=resume,
+            progress=progress, cache=cache, augment=augment, **model_overrides)
     from ..parallel import init_distributed
     from .loop import fit
 

@@ -19,7 +19,13 @@ loaders of the official state_dicts (:mod:`.official`). All take and return chan
 from .alignment import NoisyCuboidTransformerEncoder
 from .config import PRESETS, AlignmentConfig, UNetConfig, VAEConfig, preset
 from .family import PreDiff, PreDiffConfig
-from .official import load_official_alignment, load_official_unet, load_official_vae, load_strict
+from .official import (
+    load_official_alignment,
+    load_official_prediff,
+    load_official_unet,
+    load_official_vae,
+    load_strict,
+)
 from .unet import CuboidTransformerUNet
 from .vae import FrameVAE, sample_posterior, split_moments
 from .vae_loss import PatchDiscriminator, VAELoss, kl_divergence
@@ -38,6 +44,7 @@ __all__ = [
     "VAELoss",
     "kl_divergence",
     "load_official_alignment",
+    "load_official_prediff",
     "load_official_unet",
     "load_official_vae",
     "load_strict",

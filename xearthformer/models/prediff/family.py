@@ -273,8 +273,8 @@ class PreDiff(nn.Module):
         self.config = config
         self.vae = FrameVAE(config.vae_config)
         self.denoiser = CuboidTransformerUNet(config.unet_config)
-        self.alignments = nn.ModuleDict({a["name"]: NoisyCuboidTransformerEncoder(AlignmentConfig.from_dict(a["config"]))
-                                         for a in config.alignments})
+        self.alignments = nn.ModuleDict({
+            a["name"]: NoisyCuboidTransformerEncoder(AlignmentConfig.from_dict(a["config"])) for a in config.alignments})
         self.schedule = config.noise_schedule()
 
     @classmethod
@@ -284,6 +284,12 @@ class PreDiff(nn.Module):
         if name not in table:
             raise ConfigError(f"unknown PreDiff preset {name!r}; valid: {', '.join(table)}")
         return cls(table[name].replace(**overrides) if overrides else table[name])
+
+    def forward(self, z_t: Tensor, t: Tensor | int, cond: Tensor) -> Tensor:
+        """The denoiser's prediction (N, T_out, h, w, c) for noisy scaled latents ``z_t`` at
+        diffusion times ``t`` given the scaled latent context ``cond`` (what training calls:
+        under DistributedDataParallel only a call of the module synchronises gradients)."""
+        return self.denoiser(z_t, t, cond)
 
     # ------------------------------------------------------------------ latents
     def encode_context(self, x: Tensor) -> Tensor:
@@ -370,7 +376,7 @@ class PreDiff(nn.Module):
             return noise.randn(shape[1:], device=x.device, dtype=x.dtype)
 
         def denoise(z_t: Tensor, t: Tensor) -> Tensor:
-            return self.denoiser(z_t, t, cond)
+            return self(z_t, t, cond)
 
         if guidance is not None:
             denoise = _guided(guidance, self, denoise, chain, x, cond)
@@ -385,8 +391,11 @@ class PreDiff(nn.Module):
         The largest of three phases: the denoiser's attention blocks at level 0 (``128 B`` per
         value of the (T_in + T_out) x h x w x base_units tokens, as Earthformer's estimate),
         and the VAE's encoder and decoder, whose first/last level runs at full resolution
-        (``32 B`` per value of T x H_pad x W_pad x block_out_channels[0]) and whose mid-block
-        attention holds (h w)^2 scores per frame; plus ``64 B`` per input and output value.
+        (``24 B`` per value of T x H_pad x W_pad x block_out_channels[0]) and whose mid-block
+        attention holds (h w)^2 scores per frame; plus ``64 B`` per input and output value. The
+        factors were fitted to the peak resident memory of one 1-step pass measured on the CPU
+        (batches of 8, torch 2.13): the estimate was 1.0-1.2x the measurement on the tiny and
+        sevirlr presets at 30-128 pixels (``benchmarks/bench_memory.py --family prediff``).
         """
         cfg = self.config
         t_in, t_out = cfg.input_shape[0], cfg.target_shape[0]
@@ -394,6 +403,6 @@ class PreDiff(nn.Module):
         f = self.vae.downsample_factor
         ch0 = cfg.vae_config.block_out_channels[0]
         body = 128 * (t_in + t_out) * h * w * cfg.unet_config.base_units
-        vae = max(t_in, t_out) * (32 * (h * f) * (w * f) * ch0 + 8 * (h * w) ** 2)
+        vae = max(t_in, t_out) * (24 * (h * f) * (w * f) * ch0 + 8 * (h * w) ** 2)
         io = math.prod(cfg.input_shape) + math.prod(cfg.target_shape)
         return int(max(body, vae) + 64 * io)
