@@ -207,6 +207,7 @@ def test_control_stats_for_bundles_without_them(model, data):
     np.testing.assert_allclose(stats["mu"], [means.mean()], rtol=1e-5)
     np.testing.assert_allclose(stats["sigma"], [means.std()], rtol=1e-4)
     assert stats["count"] == len(means) and stripped.model.config.alignments[0]["stats"] is None
+    assert [a["name"] for a in filled.model.config.alignments] == ["mean_intensity"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", XEarthformerWarning)
         data.earthformer.ensemble(filled, members=1, init=inits(data), device="cpu", control={"n": 1})
@@ -259,3 +260,14 @@ def test_forecast_with_control_is_the_mean_of_the_controlled_members(model, data
     members = data.earthformer.ensemble(model, **kw)
     np.testing.assert_allclose(mean["rain"].values, members["rain"].mean("member").values, rtol=1e-5, atol=1e-6)
     assert mean.attrs["control_statistic"] == members.attrs["control_statistic"]
+
+
+def test_networks_keep_their_order_so_the_default_statistic_stays(model, data):
+    two = train_alignment(model, data, {"name": "max", "temperature": 0.5}, **FAST)
+    assert [a["name"] for a in two.model.config.alignments] == ["mean_intensity", "max"]
+    assert two.model.config.alignments[1]["readout"] == "direct"  # a maximum is not a frame mean
+    again = control_stats(two, data.isel(time=slice(0, 16)))
+    assert [a["name"] for a in again.model.config.alignments] == ["mean_intensity", "max"]
+    assert prepare_guidance(again, {"n": 1}).statistic.same_as(statistic("mean_intensity"))
+    g = prepare_guidance(again, {"statistic": "max", "temperature": 0.5, "n": 1})
+    assert g.entry["name"] == "max" and g.components == 1

@@ -289,8 +289,13 @@ def _with_alignment(fc: Forecaster, entry: dict[str, Any], weights: Mapping[str,
     """A new Forecaster whose PreDiff has ``entry`` (and ``weights`` for it) added or replaced."""
     net = fc.model
     others = tuple(a for a in net.config.alignments if a["name"] != entry["name"])
+    names = [a["name"] for a in net.config.alignments]
+    # a replaced entry keeps its place (the first is the model's default control statistic)
+    entries = [entry if a["name"] == entry["name"] else a for a in net.config.alignments]
+    if entry["name"] not in names:
+        entries.append(entry)
     with torch.random.fork_rng():  # building the modules draws initial weights: not the caller's RNG
-        new = type(net)(net.config.replace(alignments=(*others, entry)))
+        new = type(net)(net.config.replace(alignments=tuple(entries)))
     state = {k: v for k, v in net.state_dict().items() if not k.startswith(f"alignments.{entry['name']}.")}
     state.update({f"alignments.{entry['name']}.{k}": v for k, v in weights.items()})
     new.load_state_dict(state)

@@ -324,7 +324,7 @@ def _clip(target: Tensor, bounds: tuple[float, float], how: str, label: str, uni
     low, high = bounds
     below, above = target < low, target > high
     if bool(below.any()) or bool(above.any()):
-        unit = f" {units}" if units else ""
+        unit = f" {units}" if units and units != "1" else ""  # ("1": dimensionless, e.g. VIL code)
         parts = []
         if bool(below.any()):
             parts.append(f"{int(below.sum())} below the attainable minimum {low:g}{unit} (lowest "
