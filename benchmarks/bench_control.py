@@ -8,7 +8,8 @@ it, one is trained first on the demo's training part (``xef.train_alignment``; t
 saved next to the model as ``*_control.xef`` and reused).
 
 For each sampler (DDIM eta 0 and DPM-Solver++(2M), ``--steps`` steps) and guidance strength
-(``--scales``; the bundle's default when not given) the ensemble is drawn with no control and
+(``--scales``; the bundle's default when not given), guided by the alignment network or
+(``--via decoded``) by the statistic of the decoded x0 prediction, the ensemble is drawn with no control and
 with ``control={"n": k}`` for k in ``--n`` (default -2 -1 0 1 2), every case from the same keys.
 Per case:
 
@@ -142,7 +143,7 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         s = res["summary"]
-        head = f"| {res['sampler']} | {res['steps']} | {res['scale']:g}"
+        head = f"| {res['sampler']} | {res['steps']} | {res['scale']:g} ({res.get('via', 'alignment')})"
         lines.append(f"{head} | none | - | {s['free']['achieved_mean']:.2f} | - | {s['free']['crps']:.3f} | - | "
                      f"{s['free']['csi74']:.3f} |")
         for r in s["rows"]:
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", nargs="+", type=float, default=None,
                    help="guidance strengths to try (default: the bundle's own)")
     p.add_argument("--align-epochs", type=int, default=40)
+    p.add_argument("--via", choices=["alignment", "decoded"], default="alignment",
+                   help="follow the alignment network (PreDiff) or the statistic of the decoded x0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
@@ -202,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.device)}
             for n in args.n:
                 cases[n] = run_case(ds, model, inits, args.members, args.seed, sampler, args.steps,
-                                    {"n": n, "scale": scale}, args.device)
-            results.append({"sampler": sampler, "steps": args.steps, "scale": scale,
+                                    {"n": n, "scale": scale, "via": args.via}, args.device)
+            results.append({"sampler": sampler, "steps": args.steps, "scale": scale, "via": args.via,
                             "summary": summarise(cases, args.n), "cases": {str(k): v for k, v in cases.items()}})
             print(table(results[-1:]), flush=True)
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

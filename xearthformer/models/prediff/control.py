@@ -18,8 +18,10 @@ A control request says which value of a statistic of the future the ensemble sho
     sample computed from the past, e.g. twice the observed mean (the official demonstration
     target, 2x the *true future* mean, needs the future).
 
-Any dict may add ``"scale"``, the guidance strength, and ``"parity": True``, the official DDPM
-step (one error norm over the whole batch: exempt from the per-member seed guarantee). Targets
+Any dict may add ``"scale"``, the guidance strength, ``"parity": True``, the official DDPM
+step (one error norm over the whole batch: exempt from the per-member seed guarantee), and
+``"via": "decoded"``: follow the gradient of the statistic itself, computed on the decoded
+prediction of the clean future at each step, instead of the alignment network's. Targets
 outside the statistic's attainable range (a mean intensity cannot be negative, but with skewed
 data mu - 2 sigma may be) are clipped to it, with a warning.
 
@@ -56,7 +58,9 @@ __all__ = ["CONDITIONING", "ControlRequest", "ControlStats", "parse_control", "r
 #: what mu/sigma are conditioned on: nothing (climatological over the training period)
 CONDITIONING = "none"
 #: keys a control dict may hold besides a statistic's own parameters
-CONTROL_KEYS = ("n", "value", "statistic", "scale", "parity")
+CONTROL_KEYS = ("n", "value", "statistic", "scale", "parity", "via")
+#: what the gradient follows: the alignment network (PreDiff) or the statistic of the decoded x0
+VIA = ("alignment", "decoded")
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class ControlRequest:
     parity : bool
         The official DDPM step (one error norm over the whole batch; DDPM only, and exempt from
         the per-member seed guarantee).
+    via : str
+        ``"alignment"`` (PreDiff's alignment network) or ``"decoded"`` (the statistic itself, of
+        the decoded predicted clean future; no alignment network needed).
     """
 
     statistic: Statistic | None = None
@@ -150,6 +157,7 @@ class ControlRequest:
     target_of: Callable[[Tensor], Any] | None = None
     scale: float | None = None
     parity: bool = False
+    via: str = "alignment"
 
     @property
     def label(self) -> str:
@@ -165,6 +173,8 @@ class ControlRequest:
             parts.append(f"scale={self.scale:g}")
         if self.parity:
             parts.append("parity")
+        if self.via != "alignment":
+            parts.append(f"via={self.via}")
         return " ".join(parts)
 
     def to_attrs(self) -> str:
@@ -182,6 +192,8 @@ class ControlRequest:
             d["scale"] = self.scale
         if self.parity:
             d["parity"] = True
+        if self.via != "alignment":
+            d["via"] = self.via
         return json.dumps(d, sort_keys=True)
 
 
@@ -209,7 +221,7 @@ def parse_control(control: Mapping[str, Any] | Callable[[Tensor], Any] | Control
     d = dict(control)
     stat_name = d.pop("statistic", None)
     n, value, scale = d.pop("n", None), d.pop("value", None), d.pop("scale", None)
-    parity = d.pop("parity", False)
+    parity, via = d.pop("parity", False), d.pop("via", "alignment")
     if stat_name is None and d:
         raise ConfigError(f"unknown control key(s) {sorted(d)}; valid: {', '.join(CONTROL_KEYS)} (statistic "
                           "parameters such as threshold go with 'statistic')")
@@ -226,8 +238,10 @@ def parse_control(control: Mapping[str, Any] | Callable[[Tensor], Any] | Control
         raise ConfigError(f"control 'scale' (guidance strength) must be a number >= 0, got {scale!r}")
     if not isinstance(parity, bool):
         raise ConfigError(f"control 'parity' must be True or False, got {parity!r}")
+    if via not in VIA:
+        raise ConfigError(f"control 'via' must be one of {VIA}, got {via!r}")
     return ControlRequest(stat, _numbers(n, "n"), _numbers(value, "value"), None,
-                          None if scale is None else float(scale), parity)
+                          None if scale is None else float(scale), parity, via)
 
 
 def _numbers(value: Any, key: str) -> tuple[float, ...] | None:

@@ -66,7 +66,10 @@ __all__ = ["DEFAULT_GUIDE_SCALE", "READOUTS", "Guidance", "alignment_entry", "co
 READOUTS = ("frame_mean", "direct")
 #: default guidance strength of networks trained by ``train_alignment`` (standardised outputs)
 DEFAULT_GUIDE_SCALE = 1.0
-TRAIN_HINT = "train one with xef.train_alignment(model, ds, statistic=...)"
+#: default strength of ``"via": "decoded"`` guidance (statistic standardised by its training sigma)
+DEFAULT_DECODED_SCALE = 10.0
+TRAIN_HINT = ("train one with xef.train_alignment(model, ds, statistic=...), or guide by the decoded "
+              "statistic itself with control={..., 'via': 'decoded'}")
 
 # Python callables of this session, per network: entry name -> Statistic (never saved)
 _SESSION: weakref.WeakKeyDictionary[nn.Module, dict[str, Statistic]] = weakref.WeakKeyDictionary()
@@ -220,7 +223,13 @@ class Guidance:
         return None if s is None else ControlStats.from_dict(s)
 
     def network_scale(self) -> StatisticScale:
-        """The network's scale: stored, or that of the statistic of the normalised data."""
+        """The network's scale: stored, or that of the statistic of the normalised data. For
+        ``via="decoded"``: the statistic standardised by its training mu/sigma (unscaled without)."""
+        if self.request.via == "decoded":
+            stats = self.stats
+            if stats is None or not all(v > 0 for v in stats.sigma):
+                return StatisticScale()
+            return StatisticScale.standardising(stats.mu, stats.sigma)
         if self.entry.get("scale") is not None:
             return StatisticScale.from_dict(self.entry["scale"])
         if len(set(zip(self.units.offset, self.units.scale))) != 1:
@@ -249,6 +258,8 @@ class Guidance:
         repeat = cond.shape[0] // x.shape[0]
         target = target.repeat_interleave(repeat, dim=0)
         target = self.network_scale().to_network(target).to(device=cond.device, dtype=cond.dtype)
+        if self.request.via == "decoded":
+            return self._wrap_decoded(net, denoise, sampler, target)
         align = net.alignments[self.entry["name"]]  # type: ignore[index]
         uses_context = align.config.context_len > 0
         entry = self.entry
@@ -259,6 +270,32 @@ class Guidance:
         control = KnowledgeControl(predicted, target, self.strength, parity=self.parity,
                                    conditioning={"context": cond})
         return control.wrap(denoise, sampler)
+
+    def _wrap_decoded(self, net: nn.Module, denoise: Callable[[Tensor, Tensor], Tensor], sampler: Sampler,
+                      target: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """Guidance by the statistic of the decoded x0 prediction (no alignment network).
+
+        At each call the denoiser's output is kept (detached); the statistic is that of
+        decode((z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)) with that eps held fixed, so its
+        gradient in z_t is the statistic's gradient through the VAE decoder over sqrt(abar_t)
+        (not through the denoiser: one decoder backward pass per step).
+        """
+        schedule, prediction, kept = sampler.schedule, sampler.prediction, {}
+        stat, units, scale = self.statistic, self.units, self.network_scale()
+
+        def remembering(z_t: Tensor, t: Tensor) -> Tensor:
+            out = denoise(z_t, t)
+            kept["eps"] = schedule.convert(out, z_t, t, source=prediction, target="eps").detach()
+            return out
+
+        def decoded(z_t: Tensor, t: Tensor) -> Tensor:
+            eps = kept["eps"].clone()  # (a normal tensor inside the gradient's autograd region)
+            abar = schedule.gather(schedule.alphas_cumprod, t, z_t)
+            x0 = (z_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+            return scale.to_network(stat(units.to_physical(net.decode_latents(x0))))
+
+        control = KnowledgeControl(decoded, target, self.strength, parity=self.parity)
+        return control.wrap(remembering, sampler)
 
 
 def prepare_guidance(forecaster: Any, control: Any) -> Guidance:
@@ -277,14 +314,40 @@ def prepare_guidance(forecaster: Any, control: Any) -> Guidance:
     """
     request = parse_control(control)
     net, spec = forecaster.model, forecaster.spec
-    entry, stat = find_entry(net, request.statistic)
     units = DataUnits.from_channels(spec.targets)
-    strength = entry.get("guide_scale", DEFAULT_GUIDE_SCALE) if request.scale is None else request.scale
+    if request.via == "decoded":
+        entry, stat = _decoded_entry(net, request, spec, units)
+        strength = DEFAULT_DECODED_SCALE if request.scale is None else request.scale
+    else:
+        entry, stat = find_entry(net, request.statistic)
+        strength = entry.get("guide_scale", DEFAULT_GUIDE_SCALE) if request.scale is None else request.scale
     guidance = Guidance(entry, request, stat, units, stat.bounds(units.range), float(strength),
                         request.parity)
     if request.target_of is None:  # check (and warn about clipping) once, before any sampling
         guidance.targets(torch.zeros(1, *spec.input_shape))
     return guidance
+
+
+def _decoded_entry(net: nn.Module, request: ControlRequest, spec: Any, units: DataUnits
+                   ) -> tuple[dict[str, Any], Statistic]:
+    """For ``via="decoded"``: the statistic (the request's, else the default network's) and an
+    entry holding its mu/sigma when the model has an alignment network for it."""
+    stat = request.statistic
+    try:
+        entry, own = find_entry(net, stat)
+        return {**entry, "name": None}, own
+    except ConfigError:
+        if stat is None:
+            raise ConfigError("control via='decoded' needs a statistic: the model has no alignment network "
+                              "whose statistic is the default. Fix: control={'statistic': 'mean_intensity', "
+                              "'value': v, 'via': 'decoded'}.") from None
+    from .statistics import check_statistic
+
+    low, high = units.range or (0.0, 1.0)
+    # an example spread over the data's range, so that a threshold statistic has gradients
+    frames = low + (high - low) * torch.rand(2, *spec.target_shape, generator=torch.Generator().manual_seed(0))
+    k = int(check_statistic(stat, frames).shape[1])
+    return {"name": None, "statistic_label": stat.label, "components": k, "stats": None}, stat
 
 
 def control_attrs(guidance: Guidance) -> dict[str, Any]:
@@ -293,7 +356,8 @@ def control_attrs(guidance: Guidance) -> dict[str, Any]:
         "control": guidance.request.to_attrs(),
         "control_label": guidance.request.label,
         "control_statistic": guidance.statistic.label,
-        "control_alignment": str(guidance.entry["name"]),
+        "control_alignment": str(guidance.entry["name"]) if guidance.request.via == "alignment" else "none",
+        "control_via": guidance.request.via,
         "control_guide_scale": guidance.strength,
         "control_parity": int(guidance.parity),
     }
