@@ -166,3 +166,22 @@ def test_cli_takes_members_seed_and_sampling_options(toy, lr_root, tmp_path, cap
     code = main(["evaluate", "--model", str(path), "--dataset", "sevir-lr", "--data-dir", str(lr_root),
                  "--steps", "5", "--sampler", "ddim", "--max-samples", "1", "--device", "cpu", "--no-progress"])
     assert code == 1 and "temperature" in capsys.readouterr().err
+
+
+def test_a_prediff_bundle_is_scored_on_sevir_lr(lr_root):
+    from xearthformer.models.prediff.family import PreDiff, presets
+
+    torch.manual_seed(0)
+    net = PreDiff(presets()["tiny"].replace(input_shape=(7, SIZE, SIZE, 1), target_shape=(6, SIZE, SIZE, 1)))
+    model = Forecaster(net.eval(), spec())
+    scores = evaluate(model, "sevir-lr", lr_root, members=2, steps=2, sampler="ddim", seed=1,
+                      max_samples=3, batch_size=2, device="cpu", progress=False)
+    win = sevir_lr.sevir_lr_windows(lr_root, split="test")
+    codes = win.vil.values[:3]
+    keys = make_keys(1, win.init_time.values[:3], np.arange(3), 2)
+    y = predict_tensor(model, sevir.scale(codes[:, :7])[..., None], keys=keys, batch_size=3, device="cpu",
+                       steps=2, sampler="ddim")
+    ref = brute_scores((y[..., 0].astype(np.float64) * 255).astype(np.float32), codes[:, 7:].astype(np.float32))
+    assert scores.attrs["members"] == 2 and scores.attrs["n_samples"] == 3
+    assert float(scores.crps) == pytest.approx(ref["crps"], rel=1e-4)
+    np.testing.assert_allclose(scores.csi.values, ref["csi"], rtol=1e-6)

@@ -82,7 +82,7 @@ def test_reading_the_registry_imports_no_torch():
 def test_registry_lookups_and_their_errors():
     row = registry.family("earthformer")
     assert registry.resolve(row.network) is Earthformer and registry.resolve(row.config) is EarthformerConfig
-    assert registry.family_for_bundle_class("Earthformer") is row and row.datasets == ("sevir", "enso")
+    assert registry.family_for_bundle_class("Earthformer") is row and row.datasets == ("sevir", "enso", "sevir-lr")
     assert registry.presets() == presets() and registry.presets("earthformer")["tiny"] == presets()["tiny"]
     with pytest.raises(ConfigError, match="unknown model family 'diffusion'.*earthformer, prediff"):
         registry.family("diffusion")
