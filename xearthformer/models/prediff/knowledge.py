@@ -64,8 +64,9 @@ __all__ = ["DEFAULT_GUIDE_SCALE", "READOUTS", "Guidance", "alignment_entry", "co
 
 #: how an alignment network's output becomes the statistic
 READOUTS = ("frame_mean", "direct")
-#: default guidance strength of networks trained by ``train_alignment`` (standardised outputs)
-DEFAULT_GUIDE_SCALE = 1.0
+#: default guidance strength of networks trained by ``train_alignment`` (standardised outputs; the
+#: strength in units of the statistic's training sigma that benchmarks/bench_control.py measured)
+DEFAULT_GUIDE_SCALE = 10.0
 #: default strength of ``"via": "decoded"`` guidance (statistic standardised by its training sigma)
 DEFAULT_DECODED_SCALE = 10.0
 TRAIN_HINT = ("train one with xef.train_alignment(model, ds, statistic=...), or guide by the decoded "
