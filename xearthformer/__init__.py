@@ -42,6 +42,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_official_prediff": ("xearthformer.models.prediff.official", "load_official_prediff"),
     "pretrained": ("xearthformer.hub", "pretrained"),
     "train": ("xearthformer.training.labelled", "train"),
+    "train_alignment": ("xearthformer.training.alignment", "train_alignment"),
+    "control_stats": ("xearthformer.training.alignment", "control_stats"),
     "to_pysteps": ("xearthformer.cf", "to_pysteps"),
     "to_earth2studio": ("xearthformer.cf", "to_earth2studio"),
     "train_prediff": ("xearthformer.training.prediff", "train_prediff"),

@@ -29,6 +29,7 @@ are :mod:`xearthformer.archive`'s job. The labelled <-> tensor conversion is
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -370,6 +371,7 @@ def forecast(
     progress: bool | None = None,
     source: str | None = None,
     range_margin: float | None = DEFAULT_RANGE_MARGIN,
+    control: Any = None,
     **sampling: Any,
 ) -> xr.Dataset:
     """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
@@ -408,6 +410,9 @@ def forecast(
         are refused (default ``DEFAULT_RANGE_MARGIN`` = 1; see
         :func:`xearthformer.layout.validation.check_range`): fill values and data in other
         units do not pass, real extremes do. None skips the check.
+    control : dict, callable or list of them, optional
+        Knowledge control of a stochastic family's members before they are averaged; as for
+        :func:`ensemble`.
     **sampling
         The family's sampling options (stochastic families).
 
@@ -437,6 +442,12 @@ def forecast(
     >>> fc = sst.chunk(time=24).earthformer.forecast(model)         # lazy  # doctest: +SKIP
     """
     fc = check_forecaster(model)
+    if control is not None:
+        def run(options: dict[str, Any]) -> xr.Dataset:
+            return forecast(obj, fc, init, lead, batch_size, device, members=members, seed=seed, chunk=chunk,
+                            progress=progress, source=source, range_margin=range_margin, **sampling, **options)
+
+        return _controlled(fc, control, run)
     if is_stochastic(fc):
         plan = _Members(member_indices(FORECAST_MEMBERS if members is None else members), _seed(seed),
                         mean=True, sampling=sampling)
@@ -470,6 +481,7 @@ def ensemble(
     source: str | None = None,
     range_margin: float | None = DEFAULT_RANGE_MARGIN,
     member_chunk: int | None = None,
+    control: Any = None,
     **sampling: Any,
 ) -> xr.Dataset:
     """An ensemble forecast from labelled data (stochastic families); lazy on Dask input.
@@ -495,6 +507,15 @@ def ensemble(
         Lazy input only: members per task (and per ``member`` chunk of the result), so a task
         holds ``chunk`` init times x ``member_chunk`` members, not the whole ensemble, in
         memory. Default: all members in one task.
+    control : dict, callable or list of them, optional
+        Knowledge control (families that have it, e.g. PreDiff with an alignment network):
+        ``{"n": 2}`` (mu + 2 sigma of the control statistic over the training period),
+        ``{"value": v}`` (physical units), ``{"statistic": "area_above", "threshold": 133,
+        "n": 3}``, a callable ``f(context) -> (N, K)``; see
+        :mod:`xearthformer.models.prediff.control`. The output's ``control*`` attributes record
+        it. A list sweeps several: the result gets a ``control`` dim (labels such as ``"n=+2"``,
+        with a ``control_n`` coordinate). Members keep their seeds: the same member index gives
+        the same noise under every control.
 
     Returns
     -------
@@ -528,12 +549,60 @@ def ensemble(
             "the input already has a 'member' dim, which the ensemble's own member dim would "
             "collide with. Fix: rename it first, e.g. ds.rename(member=\"input_member\"); each "
             "input member is then forecast as its own sample.")
+    if control is not None:
+        def run(options: dict[str, Any]) -> xr.Dataset:
+            return ensemble(obj, fc, members, seed, init, lead, batch_size, device, chunk=chunk, progress=progress,
+                            source=source, range_margin=range_margin, member_chunk=member_chunk,
+                            **sampling, **options)
+
+        return _controlled(fc, control, run)
     plan = _Members(member_indices(members), _seed(seed), mean=False, sampling=sampling)
     out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin,
                             member_chunk)
     history = (f"ensemble of {plan.indices.size} members (seed {plan.seed}) with "
                f"xearthformer.forecast.ensemble (lead {n_lead} steps of {fc.spec.step})")
     return _stamped(cf.to_cf(out, source=source, like=obj, history=history), fc)
+
+
+def _controlled(fc: Forecaster, control: Any, run: Any) -> xr.Dataset:
+    """Ensembles under knowledge control: one, or a ``control`` dim for a list of controls."""
+    from .models import registry
+
+    row = registry.family_of(fc)
+    if row.control is None:
+        raise ConfigError(f"the {row.name!r} family has no knowledge control; control= needs a family that "
+                          "has one (PreDiff with an alignment network).")
+    hook = registry.resolve(row.control)
+    sweep = isinstance(control, (list, tuple))
+    controls = list(control) if sweep else [control]
+    if not controls:
+        raise ConfigError("control=[] sweeps nothing; give one control or a list of them, e.g. "
+                          "[{'n': k} for k in (-2, 0, 2)].")
+    prepared = [hook(fc, c) for c in controls]  # every request is checked before any sampling
+    names = [str(attrs.get("control_label", i)) for i, (_, attrs) in enumerate(prepared)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"control= lists the same control twice: {names}")
+    outs, history = [], ""
+    for options, attrs in prepared:
+        out = run(options)
+        history = out.attrs.get("history", "")
+        out.attrs.update({k: v for k, v in attrs.items() if k != "control_label"})
+        out.attrs["history"] = f"{history}; knowledge control {attrs.get('control', '')}"
+        outs.append(out)
+    if not sweep:
+        return outs[0]
+    requests = [json.loads(o.attrs["control"]) if "control" in o.attrs else {} for o in outs]
+    shared = {k: v for k, v in outs[0].attrs.items()
+              if all(k in o.attrs and np.array_equal(o.attrs[k], v) for o in outs)}
+    n = [float(r["n"]) if isinstance(r.get("n"), (int, float)) else np.nan for r in requests]
+    result = xr.concat(outs, dim="control", coords="minimal", compat="override", combine_attrs="drop")
+    result = result.assign_coords(control=("control", names), control_n=("control", n))
+    result["control"].attrs["long_name"] = "knowledge-control request"
+    result["control_n"].attrs["long_name"] = "target in training-period sigmas from the training mean (NaN: other)"
+    result.attrs.update(shared)
+    result.attrs["control"] = json.dumps(requests)
+    result.attrs["history"] = f"{history}; knowledge control sweep {result.attrs['control']}"
+    return result
 
 
 def _stamped(out: xr.Dataset, fc: Forecaster) -> xr.Dataset:

@@ -58,6 +58,11 @@ class Family:
         default objective is not enough (PreDiff: the VAE, then the denoiser);
         :func:`xearthformer.train` hands it all its arguments. None: ``xearthformer.train``
         itself trains the network with ``objective``.
+    control : str or None
+        ``"module:function"`` of knowledge control, called as ``function(forecaster, control)``
+        with a control request (``{"n": 2}``...) and returning ``(sampling options, attributes)``:
+        the options steer ``predict``, the attributes record the control on the output; None
+        when the family has no knowledge control.
     """
 
     name: str
@@ -69,9 +74,10 @@ class Family:
     bundle_classes: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
     trainer: str | None = None
+    control: str | None = None
 
     def __post_init__(self) -> None:
-        for what in ("network", "config", "presets", "objective", "official_loader", "trainer"):
+        for what in ("network", "config", "presets", "objective", "official_loader", "trainer", "control"):
             ref = getattr(self, what)
             if ref is not None and (not isinstance(ref, str) or ref.count(":") != 1):
                 raise ConfigError(f"family {self.name!r}: {what} must be a 'module:attribute' string, "
@@ -112,6 +118,7 @@ _FAMILIES: dict[str, Family] = {
         bundle_classes=("PreDiff",),
         trainer="xearthformer.training.prediff:train_prediff",
         datasets=("sevir-lr",),
+        control=f"{_PREDIFF}.knowledge:control_options",
     ),
 }
 

@@ -51,7 +51,7 @@ __all__ = ["PreDiff", "PreDiffConfig", "WEIGHTS", "presets"]
 #: last weights (the official release)
 WEIGHTS = ("ema", "raw")
 #: the sampling options :meth:`PreDiff.predict` takes
-SAMPLING_OPTIONS = ("steps", "sampler", "eta", "progress")
+SAMPLING_OPTIONS = ("steps", "sampler", "eta", "progress", "guidance")
 
 Shape = tuple[int, int, int, int]
 
@@ -215,6 +215,16 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, timesteps: int, what: str
         raise ConfigError(f"{what}: eta must be a number in [0, 1] (DDIM only; 0: deterministic), got {eta!r}")
 
 
+def _guided(guidance: Any, net: PreDiff, denoise: Any, chain: Any, x: Tensor, cond: Tensor) -> Any:
+    """Knowledge control's hook (:mod:`.knowledge`): the guided denoiser."""
+    from .knowledge import Guidance
+
+    if not isinstance(guidance, Guidance):
+        raise ConfigError(f"guidance= takes a knowledge.Guidance (prepare_guidance), got {type(guidance).__name__}; "
+                          "to steer an ensemble pass control={'n': 2} to ds.earthformer.ensemble instead.")
+    return guidance.wrap(net, denoise, chain, x, cond)
+
+
 def presets() -> dict[str, PreDiffConfig]:
     """The PreDiff presets (see :mod:`.config`): ``"sevirlr"`` (official SEVIR-LR, 7 -> 6 frames
     of 128 x 128 x 1, raw weights) and ``"tiny"`` (CPU: 7 -> 6 frames of 48 x 48 x 1).
@@ -304,7 +314,7 @@ class PreDiff(nn.Module):
     # ------------------------------------------------------------------ sampling
     def predict(self, x: Tensor, *, keys: Tensor | None = None, steps: int | None = None,
                 sampler: str | None = None, eta: float | None = None, progress: bool | None = None,
-                **sampling: Any) -> Tensor:
+                guidance: Any = None, **sampling: Any) -> Tensor:
         """Ensemble members (N, M, T_out, H, W, C) of the future of ``x`` (N, T_in, H, W, C).
 
         Parameters
@@ -319,6 +329,9 @@ class PreDiff(nn.Module):
             ``"dpm++2m"``) and DDIM's eta; defaults from the config.
         progress : bool, optional
             Progress bar over the sampler's steps (None: on a terminal).
+        guidance : Guidance, optional
+            Knowledge control (:func:`~.knowledge.prepare_guidance`; ``ensemble(control=...)``
+            makes it): every step's denoiser output is shifted toward its targets.
 
         Raises
         ------
@@ -362,8 +375,12 @@ class PreDiff(nn.Module):
         def draw(shape: torch.Size) -> Tensor:
             return noise.randn(shape[1:], device=x.device, dtype=x.dtype)
 
-        z = sample(lambda z_t, t: self(z_t, t, cond), draw((n * m, *latent)), chain,
-                   noise_fn=draw, progress=progress)
+        def denoise(z_t: Tensor, t: Tensor) -> Tensor:
+            return self(z_t, t, cond)
+
+        if guidance is not None:
+            denoise = _guided(guidance, self, denoise, chain, x, cond)
+        z = sample(denoise, draw((n * m, *latent)), chain, noise_fn=draw, progress=progress)
         y = self.decode_latents(z)
         return y.reshape(n, m, *y.shape[1:])
 
