@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -150,3 +152,28 @@ def test_quick_storms_ensemble_demo_writes_cf_members_and_scores_them(tmp_path, 
     assert float(ours["CSI-74"]) == pytest.approx(want["csi_74"], abs=6e-4)
     assert float(ours["spread/skill"]) == pytest.approx(want["ratio"], abs=0.006)
     assert rows["Earthformer"]["spread/skill"] == "n/a"
+
+
+def test_quick_storms_control_demo_sweeps_n_and_reports_the_achieved_statistic(tmp_path, capsys):
+    assert main(["demo", "--case", "storms", "--ensemble", "--control", "--quick", "--output", str(tmp_path)]) == 0
+    assert "knowledge control" in capsys.readouterr().out
+    for name in ("storms_control.nc", "storms_control_frames.png", "storms_control.md", "storms_control.json",
+                 "storms_prediff_control.xef"):
+        assert (tmp_path / name).is_file(), name
+    assert cf_errors(str(tmp_path / "storms_control.nc")) == []
+    sweep = xr.open_dataset(tmp_path / "storms_control.nc").vil
+    assert sweep.sizes["control"] == 5 and sweep.sizes["member"] == 2
+    info = json.loads((tmp_path / "storms_control.json").read_text())
+    rows = info["rows"]
+    assert [r["control"] for r in rows][0] == "none" and len(rows) == 6
+    # the achieved statistic of each control row by brute force from the written sweep, and the
+    # targets mu + n sigma from the bundle's statistics
+    vil = sweep.transpose("control", "init_time", "lead_time", "member", "y", "x").values.astype(np.float64)
+    per_init = vil.mean(axis=(2, 3, 4, 5))
+    for k, row in enumerate(rows[1:]):
+        assert row["achieved_mean"] == pytest.approx(per_init[k].mean(), rel=1e-5)
+        assert row["achieved_min"] == pytest.approx(per_init[k].min(), rel=1e-5)
+    targets = [r["target"] for r in rows[1:]]
+    assert np.all(np.diff(targets) >= 0)  # n = -4 ... 4, clipped at the attainable range
+    assert main(["demo", "--case", "storms", "--control", "--quick", "--output", str(tmp_path)]) == 1
+    assert "use it with --case storms --ensemble" in capsys.readouterr().err

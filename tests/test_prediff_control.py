@@ -135,6 +135,8 @@ def test_a_sweep_gives_a_control_dim_equal_to_single_runs(model, data):
     np.testing.assert_array_equal(sweep["rain"].sel(control="n=+1").values, one["rain"].values)
     assert [r["n"] for r in json.loads(sweep.attrs["control"])] == [-1.0, 0.0, 1.0]
     assert "control_statistic" in sweep.attrs and "knowledge control sweep" in sweep.attrs["history"]
+    for name in ("rain", "member", "lead_time", "valid_time"):  # the CF attributes survive the concat
+        assert sweep[name].attrs == one[name].attrs and sweep[name].attrs, name
 
 
 def test_lazy_input_gives_the_eager_controlled_ensemble(model, data):

@@ -596,6 +596,9 @@ def _controlled(fc: Forecaster, control: Any, run: Any) -> xr.Dataset:
               if all(k in o.attrs and np.array_equal(o.attrs[k], v) for o in outs)}
     n = [float(r["n"]) if isinstance(r.get("n"), (int, float)) else np.nan for r in requests]
     result = xr.concat(outs, dim="control", coords="minimal", compat="override", combine_attrs="drop")
+    for name, variable in outs[0].variables.items():  # "drop" empties the variables' CF attributes too
+        if name in result.variables:
+            result[name].attrs = dict(variable.attrs)
     result = result.assign_coords(control=("control", names), control_n=("control", n))
     result["control"].attrs["long_name"] = "knowledge-control request"
     result["control_n"].attrs["long_name"] = "target in training-period sigmas from the training mean (NaN: other)"

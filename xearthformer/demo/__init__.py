@@ -6,6 +6,7 @@
   0-255 VIL scale, a 6 -> 6 frame nowcast scored by CSI at the SEVIR thresholds
 - :mod:`.storms_ensemble` -- ``--case storms --ensemble``: a tiny PreDiff ensemble of the same
   storms, scored by CRPS, ensemble-mean CSI and spread/skill against the deterministic case
+- :mod:`.storms_control` -- ``--ensemble --control``: the knowledge-control sweep of that ensemble
 - :mod:`.baselines` -- the reference forecasts both cases score against (persistence...)
 - :mod:`.plots` -- their figures
 
@@ -43,12 +44,17 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--ensemble: ensemble size (default 16; --quick: 2)")
     parser.add_argument("--sampler", default=None, help="--ensemble: ddpm, ddim or dpm++2m (default: the model's)")
     parser.add_argument("--steps", type=int, default=None, help="--ensemble: sampling steps (default: the model's)")
+    parser.add_argument("--control", action="store_true",
+                        help="--ensemble: add the knowledge-control sweep n in -4, -2, 0, 2, 4 of the future "
+                             "mean intensity (an alignment network is trained first)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     # Idle OpenMP threads must not spin: on a shared machine spinning makes training ~10x slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.control and not args.ensemble:
+        raise ConfigError("--control steers the PreDiff ensemble: use it with --case storms --ensemble.")
     if args.ensemble and args.case != "storms":
         raise ConfigError(f"--ensemble needs --case storms (got --case {args.case}); the SST case has "
                           "no ensemble demo.")
@@ -59,7 +65,8 @@ def run_demo(args: argparse.Namespace) -> int:
         from .storms_ensemble import run_storms_ensemble
 
         run_storms_ensemble(out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
-                            members=args.members, sampling={"sampler": args.sampler, "steps": args.steps})
+                            members=args.members, sampling={"sampler": args.sampler, "steps": args.steps},
+                            control=args.control)
     elif args.case == "storms":
         from .storms import run_storms
 

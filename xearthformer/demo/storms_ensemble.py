@@ -135,7 +135,7 @@ def busiest_init(fc: xr.DataArray, obs: xr.DataArray) -> int:
 
 def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = False, seed: int = 0,
                         device: str = "auto", members: int | None = None,
-                        sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+                        sampling: dict[str, Any] | None = None, control: bool = False) -> dict[str, Any]:
     """The storms ensemble demo; returns the skill rows, timings and output paths.
 
     Parameters
@@ -155,6 +155,9 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     sampling : dict, optional
         Sampling options for the family (``sampler``, ``steps``); default: the bundle's own
         (``--quick``: :data:`QUICK_STEPS` steps).
+    control : bool
+        Then also run the knowledge-control sweep (:mod:`.storms_control`); its results are
+        under the key ``"control"``.
     """
     from ..checkpoint import save
     from ..metrics import plot_members
@@ -209,5 +212,11 @@ def run_storms_ensemble(out: Path, epochs: int | None = None, quick: bool = Fals
     fig.savefig(frames, dpi=100)
     print(f"\n{members} members x {n_init} inits sampled in {sample_seconds:.0f} s "
           f"({sample_info['seconds_per_member']:.3f} s per member)")
-    return {"rows": rows, "ensemble": ens_path, "frames": frames, "model": out / PREDIFF_FILE,
-            **sample_info}
+    result = {"rows": rows, "ensemble": ens_path, "frames": frames, "model": out / PREDIFF_FILE,
+              **sample_info}
+    if control:
+        from .storms_control import run_storms_control
+
+        result["control"] = run_storms_control(out, model, ds, split, quick=quick, seed=seed, device=device,
+                                               members=members, sampling=sampling)
+    return result
