@@ -67,3 +67,58 @@ def test_dropout_is_exact_identity_in_eval_and_at_zero():
     assert layer.eval()(x) is x
     assert dropout(x, 0.0) is x and dropout(x, 0.3, training=False) is x
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+
+
+# -- torch.compile (backend aot_eager: compiles in seconds, same maths as inductor's input) -----
+def _tiny_model(**overrides):
+    from xearthformer.models.earthformer.config import preset
+    from xearthformer.models.earthformer.network import Earthformer
+
+    torch.manual_seed(0)
+    cfg = preset("tiny", input_shape=(4, 8, 8, 1), target_shape=(3, 8, 8, 1), **overrides)
+    return Earthformer(cfg.without_dropout())
+
+
+def test_compiled_model_equals_eager_in_eval_and_in_a_training_step():
+    from xearthformer.device import compiled
+
+    model = _tiny_model()
+    x, y = torch.randn(2, 4, 8, 8, 1), torch.randn(2, 3, 8, 8, 1)
+    fast = compiled(model, "aot_eager")
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.eval()(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    model.train()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    eager = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.mse_loss(fast(x), y)
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_compile_setting_is_checked():
+    from xearthformer.device import compiled
+    from xearthformer.errors import ConfigError
+
+    assert compiled(abs, False) is abs and compiled(abs, None) is abs
+    with pytest.raises(ConfigError, match="no torch.compile backend"):
+        compiled(abs, "no-such-backend")
+    with pytest.raises(ConfigError, match="True, False or a torch.compile backend"):
+        compiled(abs, 3)
+
+
+def test_train_and_forecast_with_compile_equal_eager():
+    from tests.test_training import TINY, sst_like
+    from xearthformer.training.labelled import train
+
+    ds = sst_like()
+    kw = dict(TINY, epochs=1, val=None, steps_per_epoch=2)
+    eager = train(ds, **kw)
+    fast = train(ds, compile="aot_eager", **kw)
+    torch.testing.assert_close(torch.tensor(fast.metadata["training"]["history"]["step_loss"]),
+                               torch.tensor(eager.metadata["training"]["history"]["step_loss"]), rtol=1e-5, atol=0)
+    a = ds.earthformer.forecast(eager, init=slice("2002-01", None))
+    b = ds.earthformer.forecast(eager, init=slice("2002-01", None), compile="aot_eager")
+    torch.testing.assert_close(torch.from_numpy(b.sst.values), torch.from_numpy(a.sst.values), rtol=1e-5, atol=1e-5,
+                               equal_nan=True)
