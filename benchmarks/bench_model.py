@@ -388,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)), "load_start": _load(),
         "repeats": repeats, "warmup": warmup, "matmul_gflops": [], "cases": []}
     work = lambda task, case, *a: _worker(task, case, *a, device=args.device, threads=args.threads)  # noqa: E731
+    out = args.output or os.path.join(ROOT, "benchmarks", "results",
+                                      time.strftime("bench_model-%Y%m%dT%H%MZ.json", time.gmtime(started)))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
+    def save() -> None:  # after every case: an interrupted run keeps what it measured
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
     rate = work("matmul", Case("enso", 1))
     result["matmul_gflops"].append(rate)  # type: ignore[union-attr]
     print(f"{result['machine']}\nload average {result['load_start']}; fp32 matmul {rate:.1f} GFLOP/s")
@@ -405,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                      "input_shape": case.input_shape, "mode": mode, "runs_s": runs, "flops": flops,
                      "peak_bytes": mem, "load_after": _load()}
             result["cases"].append(entry)  # type: ignore[union-attr]
+            save()
             med = {k: statistics.median(v) for k, v in runs.items()}
             best = {k: min(v) for k, v in runs.items()}
             for impl in impls:
@@ -426,11 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     result["matmul_gflops"].append(rate_end)  # type: ignore[union-attr]
     result["load_end"] = _load()
     result["wall_s"] = round(time.time() - started, 1)
-    out = args.output or os.path.join(ROOT, "benchmarks", "results",
-                                      time.strftime("bench_model-%Y%m%dT%H%MZ.json", time.gmtime(started)))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    save()
     print(f"(medians and best of {repeats} interleaved runs after {warmup} warm-up runs; fp32 matmul at the end "
           f"{rate_end:.1f} GFLOP/s; load average at the end {result['load_end']}; {result['wall_s']} s; "
           f"results in {os.path.relpath(out, ROOT)})")
