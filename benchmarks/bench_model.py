@@ -216,7 +216,7 @@ def count_flops(case: Case, mode: str, device: str) -> dict[str, object]:
     model = build(case, "official", device)
     model.train(mode == "train")
     forward = FlopCounterMode(model, depth=2, display=False)
-    with torch.no_grad(), forward:
+    with forward:  # (not under no_grad: the counter's module tracker then fails on the SEVIR model)
         model(x)
     counts = forward.get_flop_counts()
     top = type(model).__name__
