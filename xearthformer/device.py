@@ -60,3 +60,36 @@ def explicit_device(device: Any) -> torch.device:
             f"(0..{torch.cuda.device_count() - 1}). Fix: pick one of those or device='auto'."
         )
     return dev
+
+
+#: the ``torch.compile`` backend of ``compile=True``
+COMPILE_BACKEND = "inductor"
+
+
+def compiled(fn: Any, compile: bool | str | None = False) -> Any:
+    """``fn`` (a module or a function) through :func:`torch.compile`, or ``fn`` itself.
+
+    ``compile`` is False/None (no compilation: the default, never required), True (the
+    ``inductor`` backend, which needs a C++ compiler on the CPU) or the name of a backend
+    (e.g. ``"aot_eager"``: quick to compile, for tests). Compiled code computes what eager code
+    does; on the CPU the first call compiles for seconds to minutes, so it pays off only for
+    long training runs or many forecasts of one shape.
+
+    >>> compiled(abs) is abs
+    True
+    >>> compiled(abs, "aot_eager")(-2)  # doctest: +SKIP
+    2
+    """
+    if compile is None or compile is False:
+        return fn
+    if compile is True:
+        backend = COMPILE_BACKEND
+    elif isinstance(compile, str):
+        backend = compile
+        valid = torch.compiler.list_backends(exclude_tags=())
+        if backend not in valid:
+            raise ConfigError(f"compile={compile!r} is no torch.compile backend; valid: True (inductor), "
+                              f"False, or one of {', '.join(sorted(valid))}.")
+    else:
+        raise ConfigError(f"compile must be True, False or a torch.compile backend name, got {compile!r}.")
+    return torch.compile(fn, backend=backend)

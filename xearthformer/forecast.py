@@ -104,6 +104,7 @@ def predict_tensor(
     batch_size: int | None = None,
     device: Any = "auto",
     progress: bool | None = None,
+    compile: bool | str = False,
     **sampling: Any,
 ) -> np.ndarray:
     """Run a network on an (N, T_in, H, W, C_in) array; the one inference entry point.
@@ -130,6 +131,10 @@ def predict_tensor(
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
     progress : bool or None
         Show a tqdm bar over batches; None shows it only on a terminal.
+    compile : bool or str
+        Run the family's ``predict`` through :func:`torch.compile` (True: ``inductor``, or a
+        backend name; :func:`xearthformer.device.compiled`). Same values as eager to float32
+        round-off; the first batch of each shape compiles (seconds to minutes on a CPU).
     **sampling
         The family's sampling options (steps, sampler, guidance...); deterministic families
         take none.
@@ -156,7 +161,7 @@ def predict_tensor(
     """
     import torch
 
-    from .device import resolve_device
+    from .device import compiled, resolve_device
     from .memory import is_out_of_memory
     from .progress import progress_bar
 
@@ -173,6 +178,7 @@ def predict_tensor(
             raise ConfigError(f"{type(module).__name__} has no predict method and takes no sampling "
                               f"options; got {sorted(sampling)}.")
         run = _plain_predict(module)
+    run = compiled(run, compile)
     if bool(getattr(module, "stochastic", False)):
         if keys is None:
             raise ConfigError(
@@ -331,12 +337,14 @@ def _configure_worker_threads() -> None:
 @dataclass(frozen=True)
 class _Members:
     """What to draw: which members (None for a deterministic family), with which seed, and
-    whether the result is their mean (forecast) or the members themselves (ensemble)."""
+    whether the result is their mean (forecast) or the members themselves (ensemble); and how
+    the network runs (sampling options, ``torch.compile`` setting)."""
 
     indices: np.ndarray | None = None
     seed: int = 0
     mean: bool = False
     sampling: dict[str, Any] = field(default_factory=dict)
+    compile: bool | str = False
 
 
 def _n_leads(lead: int | None, forecaster: Forecaster) -> int:
@@ -372,6 +380,7 @@ def forecast(
     source: str | None = None,
     range_margin: float | None = DEFAULT_RANGE_MARGIN,
     control: Any = None,
+    compile: bool | str = False,
     **sampling: Any,
 ) -> xr.Dataset:
     """Forecast from labelled data; lazy (Dask) when ``obj`` is Dask-backed.
@@ -413,6 +422,9 @@ def forecast(
     control : dict, callable or list of them, optional
         Knowledge control of a stochastic family's members before they are averaged; as for
         :func:`ensemble`.
+    compile : bool or str
+        Run the network through :func:`torch.compile` (see :func:`predict_tensor`); never
+        required.
     **sampling
         The family's sampling options (stochastic families).
 
@@ -445,17 +457,18 @@ def forecast(
     if control is not None:
         def run(options: dict[str, Any]) -> xr.Dataset:
             return forecast(obj, fc, init, lead, batch_size, device, members=members, seed=seed, chunk=chunk,
-                            progress=progress, source=source, range_margin=range_margin, **sampling, **options)
+                            progress=progress, source=source, range_margin=range_margin, compile=compile,
+                            **sampling, **options)
 
         return _controlled(fc, control, run)
     if is_stochastic(fc):
         plan = _Members(member_indices(FORECAST_MEMBERS if members is None else members), _seed(seed),
-                        mean=True, sampling=sampling)
+                        mean=True, sampling=sampling, compile=compile)
     else:
         if members is not None:
             raise ConfigError(f"members={members!r}: {type(fc.model).__name__} is deterministic (one "
                               "forecast per input); drop members.")
-        plan = _Members(sampling=sampling)
+        plan = _Members(sampling=sampling, compile=compile)
     out, n_lead = _labelled(obj, fc, init, lead, batch_size, device, chunk, progress, plan, range_margin)
     history = f"forecast with xearthformer.forecast (lead {n_lead} steps of {fc.spec.step})"
     if plan.mean:
@@ -664,7 +677,7 @@ def _predict_decode(data: xr.Dataset | xr.DataArray, fc: Forecaster, inits: np.n
         keys = make_keys(plan.seed, np.repeat(inits, per_init), np.tile(np.arange(per_init), len(inits)),
                          plan.indices)
     y = predict_tensor(fc, x, keys=keys, batch_size=batch_size, device=device, progress=progress,
-                       **plan.sampling)[:, :, :n_lead]
+                       compile=plan.compile, **plan.sampling)[:, :, :n_lead]
     if plan.mean:
         y = y.mean(axis=1, keepdims=True)
     members = None if plan.mean or plan.indices is None else plan.indices

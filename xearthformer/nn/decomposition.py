@@ -38,6 +38,8 @@ def _on_cpu(fn: _Fn) -> _Fn:
     later caller (a meta-built model would leave meta index buffers in the next real one)."""
     @functools.wraps(fn)
     def on_cpu(*args):  # noqa: ANN002, ANN202
+        if torch.compiler.is_compiling():  # traced into the graph (Dynamo cannot enter the context)
+            return fn(*args)
         with torch.device("cpu"):
             return fn(*args)
 

@@ -99,6 +99,7 @@ def train(
     progress: bool | None = None,
     cache: bool | str = "auto",
     augment: Any = None,
+    compile: bool | str = False,
     **model_overrides: Any,
 ) -> Forecaster:
     """Train a model of ``family`` (default Earthformer) on ``ds`` and return a Forecaster.
@@ -153,6 +154,9 @@ def train(
     cache : bool or "auto"
         Keep encoded windows in memory. "auto": yes for in-memory data whose windows take
         less than 512 MiB, never for Dask/Zarr-backed data.
+    compile : bool or str
+        Train through :func:`torch.compile` (True: ``inductor``; or a backend name). Same
+        losses as eager; compiling takes seconds to minutes first (see ``benchmarks/README.md``).
     **model_overrides
         Config fields of the family, e.g. ``base_units=32``, ``proj_drop=0.0``.
 
@@ -184,7 +188,8 @@ def train(
     config = _train_config(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                            warmup=warmup, clip_grad=clip_grad, precision=precision,
                            activation_checkpointing=activation_checkpointing, patience=patience,
-                           seed=seed, steps_per_epoch=steps_per_epoch, progress=progress)
+                           seed=seed, steps_per_epoch=steps_per_epoch, progress=progress,
+                           compile=compile)
     split = split_by_time(ds, val, window=int(context) + int(lead))
     spec = layout.fit_spec(ds, _variables(ds, variables), targets, context=context, lead=lead,
                            normalization=normalization, period=split.train_period,

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..device import resolve_device
+from ..device import compiled, resolve_device
 from ..errors import ConfigError, ShapeError, TrainingError
 from ..parallel import distributed_info
 from ..progress import progress_bar, tqdm_class
@@ -92,6 +92,10 @@ class TrainConfig:
         Cap on optimizer steps per epoch (a random subset of windows each epoch).
     progress : bool or None
         Show tqdm progress bars (None: only on a terminal).
+    compile : bool or str
+        Run the network through :func:`torch.compile` (True: the ``inductor`` backend, or a
+        backend name; see :func:`xearthformer.device.compiled`). Same results as eager; never
+        required. Not stored as a difference that matters when resuming.
     ema_decay : float or None
         Keep an exponential moving average of the weights with this decay (in (0, 1), e.g.
         0.999; warm-up ``min(decay, (1 + n) / (10 + n))``); None: no EMA.
@@ -116,6 +120,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     progress: bool | None = None
     ema_decay: float | None = None
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -460,6 +465,7 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = compiled(net, config.compile)  # shares the parameters of ``model``, which is saved
     objective = MaskedMSE() if objective is None else objective
     if isinstance(objective, nn.Module):
         objective.to(device)

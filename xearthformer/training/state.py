@@ -167,7 +167,7 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         run.best_state = state["best_model"]
     elif (path.parent / BEST_STATE).is_file():  # a last.pt written before it carried the best weights
         run.best_state = torch.load(path.parent / BEST_STATE, map_location="cpu", weights_only=True)["model"]
-    ignore = ("progress",)
+    ignore = ("progress", "compile")  # settings that do not change the numbers
     saved = {**type(config)().to_dict(), **state["config"]}  # fields added since keep their defaults
     same = {k: v for k, v in saved.items() if k not in ignore} == \
         {k: v for k, v in config.to_dict().items() if k not in ignore}
