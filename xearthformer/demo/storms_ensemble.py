@@ -43,10 +43,11 @@ MEMBERS, QUICK_MEMBERS = 8, 2
 # every 3rd test init (15 min apart: neighbouring 5-min inits are nearly the same case), so the
 # ensemble samples in minutes on a CPU; all three forecasts are scored on these same inits
 INIT_STRIDE = 3
-# the tiny PreDiff's training budget, aimed at 10 minutes on 2 CPU cores (measured: 15 min at
-# load 6-10 on a shared 2-core VM, see README)
-VAE_EPOCHS, VAE_BATCH, VAE_STEPS = 2, 4, 25
-DENOISER_EPOCHS, DENOISER_BATCH, DENOISER_STEPS = 3, 4, 30
+# the tiny PreDiff's training budget, aimed at 10 minutes on 2 CPU cores. The first budget
+# (2 x 25 VAE, 3 x 30 denoiser batches) was sized on a VM loaded 6-10, where it took 15 min;
+# on the same VM unloaded it took 56 s and left both networks far from trained
+VAE_EPOCHS, VAE_BATCH, VAE_STEPS = 6, 4, 40
+DENOISER_EPOCHS, DENOISER_BATCH, DENOISER_STEPS = 20, 4, 40
 # --quick: two sampler steps (a smoke test; one denoiser evaluation costs 0.05-0.2 s per member on a CPU)
 QUICK_STEPS = 2
 PREDIFF_PRESET = "tiny"
