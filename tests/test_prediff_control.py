@@ -297,3 +297,96 @@ def test_decoded_guidance_moves_the_statistic_of_the_forecast(bare, model, data,
         data.earthformer.ensemble(bare, control={"value": 1.0, "via": "decoded"}, **kw)
     with pytest.raises(ConfigError, match="xef.control_stats"):
         data.earthformer.ensemble(bare, control={"statistic": "max", "n": 1, "via": "decoded"}, **kw)
+
+
+# ------------------------------------------------------------------- context-conditioned mu/sigma
+def window_context_means(data):
+    """The context mean intensity of every training window, by numpy from the raw data."""
+    rain = data["rain"].values.astype(np.float64)
+    return np.array([rain[s:s + CONTEXT].mean() for s in range(0, rain.shape[0] - CONTEXT - LEAD + 1)])
+
+
+def test_context_conditioned_stats_are_the_least_squares_fit_on_the_context(model, data):
+    half = data.isel(time=slice(0, 16))
+    conditioned = control_stats(model, half, conditioning="context")
+    stats = conditioned.model.config.alignments[0]["stats"]
+    future, past = window_means(half, model.spec), window_context_means(half)
+    slope, intercept = np.polyfit(past, future, 1)  # an independent least-squares fit
+    residual = future - (intercept + slope * past)
+    assert stats["conditioning"] == "context" and stats["count"] == len(future)
+    np.testing.assert_allclose(stats["slope"], [slope], rtol=1e-6)
+    np.testing.assert_allclose(stats["context_mean"], past.mean(), rtol=1e-6)
+    np.testing.assert_allclose(stats["mu"], [future.mean()], rtol=1e-6)
+    np.testing.assert_allclose(stats["sigma"], [np.sqrt((residual ** 2).sum() / (len(future) - 2))], rtol=1e-6)
+    # the targets of {"n": k}: the fit at each init's own context, plus k residual sigmas
+    guidance = prepare_guidance(conditioned, {"n": 1.5})
+    assert guidance.uses_context
+    x = torch.from_numpy(layout.encode_inputs(data, model.spec, inits(data)))
+    rain = data["rain"].values.astype(np.float64)
+    own = np.array([rain[i - CONTEXT + 1:i + 1].mean() for i in range(INITS.start, INITS.stop)])
+    expected = intercept + slope * own + 1.5 * stats["sigma"][0]
+    np.testing.assert_allclose(guidance.targets(x)[:, 0].numpy(), expected, rtol=1e-5)
+
+
+def test_context_conditioned_control_is_recorded_and_survives_a_bundle(model, data, tmp_path):
+    conditioned = control_stats(model, data, conditioning="context")
+    kw = {"members": 2, "init": inits(data), "device": "cpu", "progress": False, "control": {"n": 1}}
+    ens = data.earthformer.ensemble(conditioned, **kw)
+    assert ens.attrs["control_stats_conditioning"] == "context"
+    assert "control_mu_slope" in ens.attrs and "control_context_mean" in ens.attrs
+    assert "control_target" not in ens.attrs  # one target per init: none is the target
+    xef.save(conditioned, tmp_path / "c.xef")
+    again = data.earthformer.ensemble(xef.load(tmp_path / "c.xef"), **kw)
+    np.testing.assert_array_equal(ens["rain"].values, again["rain"].values)
+    climatological = data.earthformer.ensemble(control_stats(model, data), **kw)
+    assert not np.allclose(ens["rain"].values, climatological["rain"].values)
+
+
+def test_conditioning_refusals(model, data):
+    with pytest.raises(ConfigError, match="conditioning must be one of"):
+        control_stats(model, data, conditioning="month")
+    from xearthformer.models.prediff.control import ControlStats
+    with pytest.raises(ConfigError, match="slope"):
+        ControlStats((1.0,), (1.0,), 10, conditioning="context")
+    with pytest.raises(ShapeError, match="same in every training window"):
+        ControlStats.estimate([[1.0], [2.0], [3.0]], context=[1.0, 1.0, 1.0])
+    from xearthformer.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="slope and context_mean"):
+        ControlStats.from_dict({"mu": [1.0], "sigma": [1.0], "count": 3, "conditioning": "context"})
+
+
+@pytest.mark.parametrize("t", [999, 500, 10])
+def test_decoded_guidance_has_the_exact_gradient_for_gaussian_latents(t):
+    """For latents z0 ~ N(0, I) the exact denoiser is eps(z_t) = sqrt(1 - abar) z_t, so
+    E[z0 | z_t] = sqrt(abar) z_t: the guidance gradient must equal autograd through that whole
+    denoiser (not the 1 / sqrt(abar) of an eps held fixed)."""
+    from types import SimpleNamespace
+
+    from xearthformer.diffusion import NoiseSchedule, make_sampler
+    from xearthformer.models.prediff.control import parse_control
+    from xearthformer.models.prediff.knowledge import Guidance
+    from xearthformer.models.prediff.statistics import DataUnits
+
+    sampler = make_sampler("ddim", NoiseSchedule("linear"), steps=10)
+    abar = sampler.schedule.alphas_cumprod[t].double()
+    decoder = torch.nn.Conv3d(2, 1, 1).double()  # a (nonlinear below) stand-in for the VAE decoder
+    net = SimpleNamespace(decode_latents=lambda z: torch.tanh(decoder(z.permute(0, 4, 1, 2, 3))).permute(0, 2, 3, 4, 1))
+    stat = statistic("mean_intensity")
+    guidance = Guidance({"name": None, "components": 1, "stats": None}, parse_control(
+        {"statistic": "mean_intensity", "value": 0.9, "via": "decoded", "scale": 1.0}), stat,
+        DataUnits((0.0,), (1.0,)), (-1.0, 1.0), 1.0)
+    target = torch.full((3, 1), 0.9, dtype=torch.float64)
+
+    def denoise(z, t_):
+        return (1 - abar).sqrt() * z
+
+    guided = guidance._wrap_decoded(net, denoise, sampler, target)
+    z = torch.randn(3, 2, 4, 4, 2, dtype=torch.float64)
+    steps = torch.full((3,), t, dtype=torch.long)
+    shift = (guided(z, steps) - denoise(z, steps)) / (1 - abar).sqrt()  # = scale * dU/dz
+    zz = z.clone().requires_grad_(True)
+    x0 = (zz - (1 - abar).sqrt() * denoise(zz, steps)) / abar.sqrt()  # = sqrt(abar) z
+    error = (stat(net.decode_latents(x0)) - target).abs().sum()
+    (exact,) = torch.autograd.grad(error, zz)
+    # (rtol: the schedule is float32; at t = 10 a fixed eps would be 1 / abar = 0.1 % off)
+    torch.testing.assert_close(shift, exact, rtol=2e-4, atol=1e-12)

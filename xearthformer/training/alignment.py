@@ -33,16 +33,18 @@ from .. import layout
 from ..errors import ConfigError, DataError, ModelTypeError
 from ..models.base import Forecaster, check_forecaster
 from ..models.prediff.config import AlignmentConfig, preset
-from ..models.prediff.control import ControlStats
+from ..models.prediff.control import CONDITIONINGS, ControlStats, context_value
 from ..models.prediff.knowledge import (DEFAULT_GUIDE_SCALE, alignment_entry, entry_name, find_entry,
                                         session_statistic)
-from ..models.prediff.statistics import DataUnits, Statistic, StatisticScale, as_statistic, check_statistic
+from ..models.prediff.statistics import (DataUnits, Statistic, StatisticScale, as_statistic, check_statistic,
+                                         context_channels)
 from ..models.prediff.vae import sample_posterior
 from .data import split_by_time
 from .labelled import _period_str, window_sources
 from .objectives import Batch, LossTerms
 
-__all__ = ["AlignmentObjective", "control_stats", "statistic_values", "train_alignment"]
+__all__ = ["AlignmentObjective", "context_statistic_values", "control_stats", "estimate_stats",
+           "statistic_values", "train_alignment"]
 
 #: windows per batch when computing statistics of the data
 STAT_BATCH = 64
@@ -75,6 +77,34 @@ def statistic_values(source: Any, units: DataUnits, stats: tuple[Statistic, ...]
             for i, stat in enumerate(stats):
                 out[i].append(stat(physical).numpy())
     return [np.concatenate(v) for v in out]
+
+
+def context_statistic_values(source: Any, spec: Any, units: DataUnits, stat: Statistic,
+                             batch: int = STAT_BATCH) -> np.ndarray:
+    """The context statistic (:func:`~xearthformer.models.prediff.control.context_value`) of every
+    window of ``source``, (S,) float64: the predictor of context-conditioned mu/sigma."""
+    channels = context_channels(spec)
+    if channels is None:
+        raise ConfigError("conditioning='context' computes the statistic of the context's target channels, but "
+                          f"the target channels {[c.name for c in spec.targets]} are not all model inputs "
+                          f"({spec.input_channel_names}). Fix: conditioning='none'.")
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(source), batch):
+            x, _, _ = source.get(np.arange(start, min(start + batch, len(source))))
+            frames = torch.from_numpy(np.asarray(x)).to(torch.float64)[..., list(channels)]
+            out.append(context_value(stat, units.to_physical(frames)).numpy())
+    return np.concatenate(out)
+
+
+def estimate_stats(source: Any, spec: Any, units: DataUnits, stat: Statistic, values: np.ndarray,
+                   conditioning: str, period: Any) -> ControlStats:
+    """mu/sigma of ``stat`` over ``source``'s windows (``values``: its (S, K) future values),
+    climatological or conditioned on the context (:data:`~xearthformer.models.prediff.control.CONDITIONINGS`)."""
+    if conditioning not in CONDITIONINGS:
+        raise ConfigError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+    context = context_statistic_values(source, spec, units, stat) if conditioning == "context" else None
+    return ControlStats.estimate(values, period=tuple(period) if period else None, context=context)
 
 
 class AlignmentObjective(nn.Module):
@@ -160,6 +190,7 @@ def train_alignment(
     context: bool = False,
     preset: str = "tiny",
     guide_scale: float = DEFAULT_GUIDE_SCALE,
+    conditioning: str = "none",
     name: str | None = None,
     device: Any = "auto",
     seed: int = 0,
@@ -197,6 +228,10 @@ def train_alignment(
         ``"sevirlr"``: the official 8.9M-parameter one).
     guide_scale : float
         Default guidance strength stored with the network (``control={"scale": ...}`` overrides).
+    conditioning : {"none", "context"}
+        What the stored mu/sigma of ``control={"n": k}`` are conditioned on: nothing
+        (climatological over the training windows) or the context's own statistic (mu linear in
+        it, sigma of the residuals; see :mod:`xearthformer.models.prediff.control`).
     name : str, optional
         The network's key (default: the statistic's name, made unique).
     device, seed, checkpoint_dir, resume, progress, cache
@@ -246,7 +281,7 @@ def train_alignment(
     else:
         values, target_values = statistic_values(train_src, units, (stat, target))
     period = _period_str(split.train_period)
-    stats = ControlStats.estimate(values, period=tuple(period) if period else None)
+    stats = estimate_stats(train_src, spec, units, stat, values, conditioning, period)
     # the network learns z-scores of its target, pooled over its outputs (one offset, one scale,
     # so the frame mean of its outputs is the z-score of the sequence statistic)
     sigma = float(target_values.std())
@@ -310,12 +345,13 @@ def _with_alignment(fc: Forecaster, entry: dict[str, Any], weights: Mapping[str,
 
 
 def control_stats(model: Forecaster, ds: xr.Dataset | xr.DataArray, statistic: Any = None, *,
-                  period: Any = None) -> Forecaster:
+                  period: Any = None, conditioning: str = "none") -> Forecaster:
     """Estimate mu/sigma of a control statistic from ``ds`` and store them with its alignment network.
 
     For bundles whose alignment entry has no mu/sigma (official weights), so that
-    ``control={"n": k}`` works. The estimate is climatological (over every window of ``ds``,
-    or of ``period``), not conditioned on the calendar month or the context.
+    ``control={"n": k}`` works (or to replace them). The estimate is over every window of ``ds``
+    (or of ``period``): climatological, or conditioned on the context's own statistic
+    (``conditioning="context"``); never on the calendar month.
 
     Parameters
     ----------
@@ -327,6 +363,9 @@ def control_stats(model: Forecaster, ds: xr.Dataset | xr.DataArray, statistic: A
         Which alignment network (default: the model's first).
     period : slice, optional
         Restrict the windows to this time period.
+    conditioning : {"none", "context"}
+        Climatological mu/sigma, or mu linear in the context's statistic and sigma of the
+        residuals (:mod:`xearthformer.models.prediff.control`).
 
     Returns
     -------
@@ -355,7 +394,7 @@ def control_stats(model: Forecaster, ds: xr.Dataset | xr.DataArray, statistic: A
     units = DataUnits.from_channels(spec.targets)
     (values,) = statistic_values(source, units, (stat,))
     times = [layout.format_time(inits[0]), layout.format_time(inits[-1])]
-    entry["stats"] = ControlStats.estimate(values, period=(times[0], times[1])).to_dict()
+    entry["stats"] = estimate_stats(source, spec, units, stat, values, conditioning, times).to_dict()
     if entry.get("statistic") is not None:
         statistic_from_record(entry["statistic"])  # (still rebuildable)
     weights = {k[len(f"alignments.{entry['name']}."):]: v for k, v in fc.model.state_dict().items()

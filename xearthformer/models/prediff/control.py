@@ -5,10 +5,18 @@ A control request says which value of a statistic of the future the ensemble sho
 ``{"n": k}``
     ``mu + k * sigma`` of the model's control statistic, per component (K > 1: each its own
     mu/sigma), with mu/sigma over the training period (:class:`ControlStats`, stored in the
-    bundle; :func:`xearthformer.control_stats` estimates them for bundles without). They are
-    **climatological**: one mu/sigma per component for the whole training period, not
-    conditioned on the calendar month nor on the context, so ``n = 2`` asks for what is a
-    2-sigma event in the training climate whatever the current weather.
+    bundle; :func:`xearthformer.control_stats` estimates them for bundles without). Their
+    ``conditioning`` says what they are conditioned on:
+
+    * ``"none"`` (climatological): one mu/sigma per component for the whole training period, so
+      ``n = 2`` asks for what is a 2-sigma event in the training climate whatever the current
+      weather, and ``n = 0`` pulls every forecast to the climatological mean.
+    * ``"context"``: mu is a linear function of the **context's own statistic** c (the same
+      statistic computed on the context frames of the target channels, averaged over its
+      components: :func:`context_value`), mu(c) = mu + slope (c - c_mean), fitted by least
+      squares over the training windows, and sigma is the standard deviation of the residuals.
+      ``n = 0`` then asks for the future the training data usually saw after such a past, and
+      ``n = 2`` for a 2-sigma surprise given it. Not conditioned on the calendar month.
 ``{"value": v}``
     An absolute target in physical units (a number, or one per component).
 ``{"statistic": "area_above", "threshold": 133, "n": 3}``
@@ -53,10 +61,13 @@ from torch import Tensor
 from ...errors import CheckpointError, ConfigError, ShapeError, XEarthformerWarning
 from .statistics import Statistic, as_statistic
 
-__all__ = ["CONDITIONING", "ControlRequest", "ControlStats", "parse_control", "resolve_target"]
+__all__ = ["CONDITIONING", "CONDITIONINGS", "ControlRequest", "ControlStats", "context_value", "parse_control",
+           "resolve_target"]
 
-#: what mu/sigma are conditioned on: nothing (climatological over the training period)
-CONDITIONING = "none"
+#: what mu/sigma are conditioned on: nothing (climatological over the training period, the
+#: default) or the context's own statistic (a linear fit over the training windows)
+CONDITIONINGS = ("none", "context")
+CONDITIONING = CONDITIONINGS[0]
 #: keys a control dict may hold besides a statistic's own parameters
 CONTROL_KEYS = ("n", "value", "statistic", "scale", "parity", "via")
 #: what the gradient follows: the alignment network (PreDiff) or the statistic of the decoded x0
@@ -70,13 +81,27 @@ class ControlStats:
     Attributes
     ----------
     mu, sigma : tuple of float
-        One per component K (sigma: the population standard deviation over the windows).
+        One per component K. ``conditioning="none"``: the mean and the population standard
+        deviation over the windows. ``"context"``: mu is the mean over the windows (the fit's
+        value at ``context_mean``), sigma the standard deviation of the fit's residuals.
     count : int
         Number of training windows they were estimated from.
     period : tuple of str or None
         First and last init time of those windows (ISO), where known.
     conditioning : str
-        ``"none"``: climatological, not by calendar month or context (:data:`CONDITIONING`).
+        ``"none"`` (climatological) or ``"context"`` (linear in the context's own statistic).
+    slope : tuple of float or None
+        ``"context"`` only: d mu / d c per component.
+    context_mean : float or None
+        ``"context"`` only: the mean of the context statistic c over the windows.
+
+    Examples
+    --------
+    >>> stats = ControlStats.estimate([[1.0], [3.0], [5.0]], context=[0.0, 1.0, 2.0])
+    >>> stats.conditioning, stats.slope, stats.sigma
+    ('context', (2.0,), (0.0,))
+    >>> stats.mean_given(torch.tensor([3.0]))
+    tensor([[7.]], dtype=torch.float64)
     """
 
     mu: tuple[float, ...]
@@ -84,6 +109,8 @@ class ControlStats:
     count: int
     period: tuple[str, str] | None = None
     conditioning: str = CONDITIONING
+    slope: tuple[float, ...] | None = None
+    context_mean: float | None = None
 
     def __post_init__(self) -> None:
         mu, sigma = tuple(float(v) for v in self.mu), tuple(float(v) for v in self.sigma)
@@ -91,42 +118,116 @@ class ControlStats:
                 or any(v < 0 for v in sigma):
             raise ConfigError(f"ControlStats needs as many finite mu as sigma >= 0 values, got mu={self.mu!r}, "
                               f"sigma={self.sigma!r}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ConfigError(f"ControlStats conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.conditioning == "context":
+            slope = tuple(float(v) for v in (self.slope or ()))
+            if len(slope) != len(mu) or self.context_mean is None or not all(
+                    math.isfinite(v) for v in (*slope, float(self.context_mean))):
+                raise ConfigError(f"context-conditioned ControlStats need a finite slope per component and a "
+                                  f"context_mean, got slope={self.slope!r}, context_mean={self.context_mean!r}")
+            object.__setattr__(self, "slope", slope)
+            object.__setattr__(self, "context_mean", float(self.context_mean))
+        elif self.slope is not None or self.context_mean is not None:
+            raise ConfigError("slope/context_mean belong to conditioning='context' ControlStats only")
         object.__setattr__(self, "mu", mu)
         object.__setattr__(self, "sigma", sigma)
         if self.period is not None:
             object.__setattr__(self, "period", tuple(str(p) for p in self.period))
 
+    @property
+    def needs_context(self) -> bool:
+        """Whether mu depends on the context (``conditioning == "context"``)."""
+        return self.conditioning == "context"
+
     @classmethod
-    def estimate(cls, values: Any, period: tuple[str, str] | None = None) -> ControlStats:
+    def estimate(cls, values: Any, period: tuple[str, str] | None = None, context: Any = None) -> ControlStats:
         """From the statistic of each training window, ``values`` (S, K) in physical units.
+
+        With ``context`` (S,), the context statistic of each window (:func:`context_value`),
+        mu is fitted as a linear function of it (``conditioning="context"``).
 
         >>> ControlStats.estimate([[1.0], [3.0]]).sigma
         (1.0,)
         """
-        v = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
+        v = _float64(values)
         if v.ndim != 2 or v.shape[0] < 2:
             raise ShapeError(f"mu/sigma need the statistic of at least 2 windows as (S, K), got shape {v.shape}. "
                              "Fix: give control_stats a longer period of data.")
-        finite = np.isfinite(v).all(axis=1)
-        if finite.sum() < 2:
-            raise ShapeError("fewer than 2 windows have a finite statistic: mu/sigma cannot be estimated")
+        c = None if context is None else _float64(context).reshape(-1)
+        if c is not None and c.shape[0] != v.shape[0]:
+            raise ShapeError(f"context values ({c.shape[0]}) and statistic values ({v.shape[0]}) must be one per window")
+        finite = np.isfinite(v).all(axis=1) & (np.ones(len(v), bool) if c is None else np.isfinite(c))
+        if finite.sum() < (2 if c is None else 3):
+            raise ShapeError("too few windows have a finite statistic: mu/sigma cannot be estimated")
         v = v[finite]
-        return cls(tuple(v.mean(axis=0)), tuple(v.std(axis=0)), int(v.shape[0]), period)
+        if c is None:
+            return cls(tuple(v.mean(axis=0)), tuple(v.std(axis=0)), int(v.shape[0]), period)
+        c = c[finite]
+        c_mean, spread = float(c.mean()), float(((c - c.mean()) ** 2).mean())
+        if not spread > 0:
+            raise ShapeError("the context statistic is the same in every training window: mu cannot be conditioned "
+                             "on it. Fix: conditioning='none'.")
+        slope = ((c - c_mean)[:, None] * (v - v.mean(axis=0))).mean(axis=0) / spread
+        residual = v - v.mean(axis=0) - slope * (c - c_mean)[:, None]
+        # ddof 2: the residuals of a fit with two parameters per component
+        sigma = np.sqrt((residual ** 2).sum(axis=0) / max(v.shape[0] - 2, 1))
+        return cls(tuple(v.mean(axis=0)), tuple(sigma), int(v.shape[0]), period, "context", tuple(slope), c_mean)
+
+    def mean_given(self, context: Tensor | None, samples: int | None = None) -> Tensor:
+        """mu per sample (N, K), float64: the fit at the context statistic ``context`` (N,), or
+        the climatological mu repeated ``samples`` times (``conditioning="none"``)."""
+        mu = torch.tensor(self.mu, dtype=torch.float64)
+        if not self.needs_context:
+            n = samples if samples is not None else (1 if context is None else int(context.shape[0]))
+            return mu.expand(n, len(self.mu))
+        if context is None:
+            raise ConfigError("these mu/sigma are conditioned on the context's statistic, and this call has no "
+                              "context")
+        c = torch.as_tensor(context, dtype=torch.float64).reshape(-1, 1)
+        return mu + torch.tensor(self.slope, dtype=torch.float64) * (c - self.context_mean)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (bundles)."""
-        return {"mu": list(self.mu), "sigma": list(self.sigma), "count": self.count,
-                "period": list(self.period) if self.period else None, "conditioning": self.conditioning}
+        d = {"mu": list(self.mu), "sigma": list(self.sigma), "count": self.count,
+             "period": list(self.period) if self.period else None, "conditioning": self.conditioning}
+        if self.needs_context:
+            d.update(slope=list(self.slope or ()), context_mean=self.context_mean)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ControlStats:
         """Inverse of :meth:`to_dict`."""
         try:
             period = d.get("period")
+            slope = d.get("slope")
             return cls(tuple(d["mu"]), tuple(d["sigma"]), int(d["count"]), tuple(period) if period else None,
-                       str(d.get("conditioning", CONDITIONING)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"a control-statistics record needs mu, sigma and count, got {d!r}") from err
+                       str(d.get("conditioning", CONDITIONING)), None if slope is None else tuple(slope),
+                       d.get("context_mean"))
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
+            raise CheckpointError(f"a control-statistics record needs mu, sigma and count (and, conditioned on "
+                                  f"the context, slope and context_mean), got {d!r}") from err
+
+
+def context_value(stat: Statistic, context: Tensor) -> Tensor:
+    """The predictor of context-conditioned mu: ``stat`` of the physical context frames
+    (N, T_in, H, W, C_target), averaged over its components, (N,) float64.
+
+    >>> from xearthformer.models.prediff.statistics import statistic
+    >>> context_value(statistic("mean_intensity"), torch.full((2, 3, 4, 4, 1), 5.0))
+    tensor([5., 5.], dtype=torch.float64)
+    """
+    try:
+        values = stat(context.to(torch.float64))
+    except Exception as err:  # a user statistic written for the target's frame count only
+        raise ConfigError(f"{stat.label} could not be computed on the context frames {tuple(context.shape)} "
+                          f"({type(err).__name__}: {err}), which conditioning='context' needs. Fix: "
+                          "conditioning='none', or a statistic that accepts any number of frames.") from err
+    return values.reshape(values.shape[0], -1).mean(dim=1).detach()
+
+
+def _float64(values: Any) -> np.ndarray:
+    return np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -259,8 +360,8 @@ def _numbers(value: Any, key: str) -> tuple[float, ...] | None:
 
 def resolve_target(request: ControlRequest, *, samples: int, components: int,
                    stats: ControlStats | None = None, bounds: tuple[float, float] = (-math.inf, math.inf),
-                   context: Tensor | None = None, label: str = "the control statistic",
-                   units: str | None = None) -> Tensor:
+                   context: Tensor | None = None, context_stat: Tensor | None = None,
+                   label: str = "the control statistic", units: str | None = None) -> Tensor:
     """The (N, K) target in physical units (float64), clipped to ``bounds`` with a warning.
 
     Parameters
@@ -275,6 +376,8 @@ def resolve_target(request: ControlRequest, *, samples: int, components: int,
         The statistic's attainable range (:meth:`~.statistics.Statistic.bounds`).
     context
         Physical context (N, T_in, H, W, C), for callable targets.
+    context_stat
+        The context statistic (N,) (:func:`context_value`), for ``n`` with context-conditioned stats.
     label, units
         For messages.
 
@@ -292,9 +395,9 @@ def resolve_target(request: ControlRequest, *, samples: int, components: int,
                               "model = xef.control_stats(model, ds), or give an absolute target {'value': v}.")
         _check_components(stats.mu, components, f"the stored mu/sigma of {label}")
         n = _per_component(request.n, components, "n")
-        target = torch.tensor(stats.mu, dtype=torch.float64) + n * torch.tensor(stats.sigma, dtype=torch.float64)
-        target = target.expand(samples, components)
-        how = "mu + n sigma"
+        mu = stats.mean_given(context_stat, samples)
+        target = (mu + n * torch.tensor(stats.sigma, dtype=torch.float64)).expand(samples, components)
+        how = "mu(context) + n sigma" if stats.needs_context else "mu + n sigma"
     elif request.value is not None:
         target = _per_component(request.value, components, "value").expand(samples, components)
         how = "the value"

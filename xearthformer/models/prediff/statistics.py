@@ -54,6 +54,7 @@ __all__ = [
     "StatisticScale",
     "as_statistic",
     "check_statistic",
+    "context_channels",
     "statistic",
     "statistic_from_record",
 ]
@@ -527,3 +528,21 @@ class DataUnits:
                              f"{len(self.offset)}")
         kw = {"dtype": like.dtype, "device": like.device}
         return torch.tensor(self.offset, **kw), torch.tensor(self.scale, **kw)
+
+
+def context_channels(spec: Any) -> tuple[int, ...] | None:
+    """Where a spec's target channels sit among its input channels, by name (None: a target
+    channel is not an input, so statistics of the context's targets do not exist).
+
+    >>> from xearthformer.layout import Channel, DataSpec, Grid, TimeStep
+    >>> vil, lght = Channel("vil"), Channel("lght")
+    >>> spec = DataSpec(inputs=(lght, vil), targets=(vil,), grid=Grid.xy(range(2), range(2)),
+    ...                 step=TimeStep(5, "minutes"), context=2, lead=1)
+    >>> context_channels(spec)
+    (1,)
+    """
+    names = spec.input_channel_names
+    if not all(c.name in names for c in spec.targets):
+        return None
+    return tuple(names.index(c.name) for c in spec.targets)
+
