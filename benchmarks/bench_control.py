@@ -154,7 +154,7 @@ def table(results: list[dict]) -> str:
     for res in results:
         s = res["summary"]
         head = (f"| {res['sampler']} | {res['steps']} | {res['scale']:g} ({res.get('via', 'alignment')}, "
-                f"{res.get('conditioning', 'none')})")
+                f"{res.get('norm', 'l2')}, {res.get('conditioning', 'none')})")
         lines.append(f"{head} | none | - | {s['free']['achieved_mean']:.2f} | - | {s['free']['crps']:.3f} | - | "
                      f"{s['free']['csi74']:.3f} |")
         for r in s["rows"]:
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-epochs", type=int, default=40)
     p.add_argument("--via", choices=["alignment", "decoded"], default="alignment",
                    help="follow the alignment network (PreDiff) or the statistic of the decoded x0")
+    p.add_argument("--norm", choices=["l2", "squared"], default="l2",
+                   help="the error norm of the guidance (control key 'norm')")
     p.add_argument("--conditioning", choices=["none", "context"], default="none",
                    help="mu/sigma of the n targets: climatological, or conditioned on the context's own mean "
                         "intensity (re-estimated on the demo's training part with xef.control_stats)")
@@ -224,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                                       args.device)}
             for n in args.n:
                 cases[n] = run_case(ds, model, inits, args.members, args.seed, sampler, args.steps,
-                                    {"n": n, "scale": scale, "via": args.via}, args.device)
+                                    {"n": n, "scale": scale, "via": args.via, "norm": args.norm}, args.device)
             results.append({"sampler": sampler, "steps": args.steps, "scale": scale, "via": args.via,
-                            "conditioning": conditioned,
+                            "conditioning": conditioned, "norm": args.norm,
                             "summary": summarise(cases, args.n), "cases": {str(k): v for k, v in cases.items()}})
             print(table(results[-1:]), flush=True)
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -194,3 +194,29 @@ def test_configuration_errors():
         KnowledgeControl("mean", torch.ones(3, 1), 1.0)
     with pytest.raises(ConfigError, match="make_sampler"):
         KnowledgeControl(STAT, torch.ones(3, 1), 1.0).wrap(toy.optimal_denoiser(LINEAR), "ddim")
+
+
+def test_the_squared_norm_pulls_in_proportion_to_the_distance():
+    x, t = torch.randn(5, 4, dtype=torch.float64), torch.full((5,), 300)
+    y = torch.tensor([[0.0], [1.0], [-2.0], [0.5], [3.0]], dtype=torch.float64)
+    linear = lambda z, t_: z @ WEIGHTS.double().reshape(4, 1)  # noqa: E731
+    squared = KnowledgeControl(linear, y, 1.0, norm="squared").gradient(x, t)
+    expected = (linear(x, t) - y) * WEIGHTS.double()  # d/dx (f - y)^2 / 2 = (f - y) w
+    torch.testing.assert_close(squared, expected)
+    l2 = KnowledgeControl(linear, y, 1.0).gradient(x, t)  # |f - y|: sign(f - y) w, any distance
+    torch.testing.assert_close(l2, torch.sign(linear(x, t) - y) * WEIGHTS.double())
+    # and it steers the samples like the L2 norm does
+    g = torch.Generator().manual_seed(0)
+    sampler = make_sampler("ddim", LINEAR, 20)
+    start = toy.marginal_start(LINEAR, N, g)
+    means = []
+    for target in (-1.0, 1.0):
+        control = KnowledgeControl(STAT, torch.full((N, 1), target), 8.0, norm="squared")
+        out = sample(control.wrap(toy.optimal_denoiser(LINEAR), sampler), start, sampler, progress=False)
+        means.append(float((out @ WEIGHTS).mean()))
+    free = sample(toy.optimal_denoiser(LINEAR), start, sampler, progress=False)
+    assert means[0] < float((free @ WEIGHTS).mean()) - 0.2 < means[1] - 0.4
+    with pytest.raises(ConfigError, match="norm must be one of"):
+        KnowledgeControl(STAT, torch.ones(3, 1), 1.0, norm="l1")
+    with pytest.raises(ConfigError, match="whose error norm is 'l2'"):
+        KnowledgeControl(STAT, torch.ones(3, 1), 1.0, norm="squared", parity=True)

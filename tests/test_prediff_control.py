@@ -390,3 +390,20 @@ def test_decoded_guidance_has_the_exact_gradient_for_gaussian_latents(t):
     (exact,) = torch.autograd.grad(error, zz)
     # (rtol: the schedule is float32; at t = 10 a fixed eps would be 1 / abar = 0.1 % off)
     torch.testing.assert_close(shift, exact, rtol=2e-4, atol=1e-12)
+
+
+def test_the_norm_key_is_parsed_recorded_and_checked(model, data):
+    from xearthformer.models.prediff.control import parse_control
+
+    request = parse_control({"n": 1, "norm": "squared"})
+    assert request.norm == "squared" and request.label == "n=+1 norm=squared"
+    assert json.loads(request.to_attrs()) == {"n": 1.0, "norm": "squared"}
+    with pytest.raises(ConfigError, match="'norm' must be one of"):
+        parse_control({"n": 1, "norm": "l1"})
+    with pytest.raises(ConfigError, match="whose error norm is 'l2'"):
+        parse_control({"n": 1, "norm": "squared", "parity": True})
+    kw = {"members": 2, "init": inits(data), "device": "cpu", "progress": False}
+    squared = data.earthformer.ensemble(model, control={"n": 2, "scale": 50.0, "norm": "squared"}, **kw)
+    l2 = data.earthformer.ensemble(model, control={"n": 2, "scale": 50.0}, **kw)
+    assert squared.attrs["control_norm"] == "squared" and l2.attrs["control_norm"] == "l2"
+    assert not np.allclose(squared["rain"].values, l2["rain"].values)

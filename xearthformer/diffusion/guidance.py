@@ -42,6 +42,12 @@ only, where it shifts the mean by -exp(0.5 posterior_log_variance_clipped_t) * s
 exactly as the official ``aligned_mean`` (same noise, same std); the official scale is
 :data:`OFFICIAL_GUIDE_SCALE`.
 
+``norm="squared"`` uses U = sum_n ||f_n - y_n||^2 / 2 instead: its gradient shrinks as the
+statistic nears the target (the tilted marginals are then a Gaussian likelihood of the target
+with standard deviation 1 / sqrt(scale) in the statistic's units), where the L2 norm pulls with
+the same strength at any distance (for K = 1, |f - y| has gradient sign(f - y) grad f). Per
+sample too, so the seed guarantee holds; the official step (``parity``) is L2.
+
 The gradient is taken with autograd under ``torch.enable_grad()`` outside inference mode, so a
 caller may sample inside ``torch.inference_mode()`` (inference tensors are cloned first).
 
@@ -69,6 +75,8 @@ from .ddpm import DDPMSampler
 from .sampler import Sampler
 
 OFFICIAL_GUIDE_SCALE = 50.0  # guide_scale of the official SEVIR-LR configs (parity mode)
+#: error norms: the L2 norm per sample (as the official, not squared), or half its square
+NORMS = ("l2", "squared")
 
 Statistic = Callable[..., Tensor]
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -92,10 +100,18 @@ class KnowledgeControl:
         guarantee).
     conditioning
         Extra keyword arguments passed through to ``statistic`` (e.g. context latents).
+    norm
+        ``"l2"`` (per sample, not squared) or ``"squared"`` (half the squared L2 norm per
+        sample); parity mode is ``"l2"``.
     """
 
     def __init__(self, statistic: Statistic, target: Tensor, scale: float, *, parity: bool = False,
-                 conditioning: Mapping[str, Any] | None = None) -> None:
+                 conditioning: Mapping[str, Any] | None = None, norm: str = "l2") -> None:
+        if norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
+        if parity and norm != "l2":
+            raise ConfigError("parity=True is the official step, whose error norm is 'l2'. Fix: norm='l2' or "
+                              "parity=False.")
         if not callable(statistic):
             raise ConfigError(f"statistic must be a callable f(x_t, t) -> (N, K), got "
                               f"{type(statistic).__name__}")
@@ -109,6 +125,7 @@ class KnowledgeControl:
         self.target = target
         self.scale = float(scale)
         self.parity = bool(parity)
+        self.norm = norm
         self.conditioning = dict(conditioning or {})
 
     def error(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -192,6 +209,8 @@ class KnowledgeControl:
     def _norm(self, difference: Tensor) -> Tensor:
         if self.parity:  # the official alignment_fn: one norm over the whole batch
             return torch.linalg.vector_norm(difference)
+        if self.norm == "squared":
+            return 0.5 * difference.square().sum(dim=1)
         return torch.linalg.vector_norm(difference, dim=1)
 
 

@@ -26,7 +26,9 @@ A control request says which value of a statistic of the future the ensemble sho
     sample computed from the past, e.g. twice the observed mean (the official demonstration
     target, 2x the *true future* mean, needs the future).
 
-Any dict may add ``"scale"``, the guidance strength, ``"parity": True``, the official DDPM
+Any dict may add ``"scale"``, the guidance strength, ``"norm"``, the error norm the gradient
+is taken of (``"l2"`` per sample, the default, or ``"squared"``: see
+:class:`~xearthformer.diffusion.KnowledgeControl`), ``"parity": True``, the official DDPM
 step (one error norm over the whole batch: exempt from the per-member seed guarantee), and
 ``"via": "decoded"``: follow the gradient of the statistic itself, computed on the decoded
 prediction of the clean future at each step, instead of the alignment network's. Targets
@@ -58,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...diffusion.guidance import NORMS
 from ...errors import CheckpointError, ConfigError, ShapeError, XEarthformerWarning
 from .statistics import Statistic, as_statistic
 
@@ -69,7 +72,7 @@ __all__ = ["CONDITIONING", "CONDITIONINGS", "ControlRequest", "ControlStats", "c
 CONDITIONINGS = ("none", "context")
 CONDITIONING = CONDITIONINGS[0]
 #: keys a control dict may hold besides a statistic's own parameters
-CONTROL_KEYS = ("n", "value", "statistic", "scale", "parity", "via")
+CONTROL_KEYS = ("n", "value", "statistic", "scale", "norm", "parity", "via")
 #: what the gradient follows: the alignment network (PreDiff) or the statistic of the decoded x0
 VIA = ("alignment", "decoded")
 
@@ -250,6 +253,8 @@ class ControlRequest:
     via : str
         ``"alignment"`` (PreDiff's alignment network) or ``"decoded"`` (the statistic itself, of
         the decoded predicted clean future; no alignment network needed).
+    norm : str
+        The error norm: ``"l2"`` (per sample) or ``"squared"``.
     """
 
     statistic: Statistic | None = None
@@ -259,6 +264,7 @@ class ControlRequest:
     scale: float | None = None
     parity: bool = False
     via: str = "alignment"
+    norm: str = "l2"
 
     @property
     def label(self) -> str:
@@ -276,6 +282,8 @@ class ControlRequest:
             parts.append("parity")
         if self.via != "alignment":
             parts.append(f"via={self.via}")
+        if self.norm != "l2":
+            parts.append(f"norm={self.norm}")
         return " ".join(parts)
 
     def to_attrs(self) -> str:
@@ -295,6 +303,8 @@ class ControlRequest:
             d["parity"] = True
         if self.via != "alignment":
             d["via"] = self.via
+        if self.norm != "l2":
+            d["norm"] = self.norm
         return json.dumps(d, sort_keys=True)
 
 
@@ -322,7 +332,7 @@ def parse_control(control: Mapping[str, Any] | Callable[[Tensor], Any] | Control
     d = dict(control)
     stat_name = d.pop("statistic", None)
     n, value, scale = d.pop("n", None), d.pop("value", None), d.pop("scale", None)
-    parity, via = d.pop("parity", False), d.pop("via", "alignment")
+    parity, via, norm = d.pop("parity", False), d.pop("via", "alignment"), d.pop("norm", "l2")
     if stat_name is None and d:
         raise ConfigError(f"unknown control key(s) {sorted(d)}; valid: {', '.join(CONTROL_KEYS)} (statistic "
                           "parameters such as threshold go with 'statistic')")
@@ -341,8 +351,13 @@ def parse_control(control: Mapping[str, Any] | Callable[[Tensor], Any] | Control
         raise ConfigError(f"control 'parity' must be True or False, got {parity!r}")
     if via not in VIA:
         raise ConfigError(f"control 'via' must be one of {VIA}, got {via!r}")
+    if norm not in NORMS:
+        raise ConfigError(f"control 'norm' must be one of {NORMS}, got {norm!r}")
+    if parity and norm != "l2":
+        raise ConfigError("control 'parity' is the official step, whose error norm is 'l2'. Fix: drop 'norm' "
+                          "or 'parity'.")
     return ControlRequest(stat, _numbers(n, "n"), _numbers(value, "value"), None,
-                          None if scale is None else float(scale), parity, via)
+                          None if scale is None else float(scale), parity, via, norm)
 
 
 def _numbers(value: Any, key: str) -> tuple[float, ...] | None:

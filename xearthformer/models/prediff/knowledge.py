@@ -293,7 +293,7 @@ class Guidance:
             return read_out(entry, align(z_t, t, context if uses_context else None))
 
         control = KnowledgeControl(predicted, target, self.strength, parity=self.parity,
-                                   conditioning={"context": cond})
+                                   conditioning={"context": cond}, norm=self.request.norm)
         return control.wrap(denoise, sampler)
 
     def _wrap_decoded(self, net: nn.Module, denoise: Callable[[Tensor, Tensor], Tensor], sampler: Sampler,
@@ -324,7 +324,7 @@ class Guidance:
             x0 = x0.detach() + abar.sqrt() * (z_t - z_t.detach())  # its value, with Tweedie's Jacobian
             return scale.to_network(stat(units.to_physical(net.decode_latents(x0))))
 
-        control = KnowledgeControl(decoded, target, self.strength, parity=self.parity)
+        control = KnowledgeControl(decoded, target, self.strength, parity=self.parity, norm=self.request.norm)
         return control.wrap(remembering, sampler)
 
 
@@ -393,6 +393,7 @@ def control_attrs(guidance: Guidance) -> dict[str, Any]:
         "control_via": guidance.request.via,
         "control_guide_scale": guidance.strength,
         "control_parity": int(guidance.parity),
+        "control_norm": guidance.request.norm,
     }
     stats = guidance.stats
     if stats is not None:
