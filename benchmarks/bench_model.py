@@ -126,8 +126,8 @@ def build(case: Case, impl: str, device: str) -> torch.nn.Module:
     ours = Earthformer(cfg)
     if impl == "xef":
         return ours.to(device)
-    if impl == "xef-ckpt":
-        ours.set_activation_checkpointing(True)
+    if impl in ("xef-ckpt", "xef-ckpt3"):
+        ours.set_activation_checkpointing(True, level=3 if impl == "xef-ckpt3" else 2)
         return ours.to(device)
     if impl == "xef-compile":
         return torch.compile(ours.to(device))
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
           "of matmul | peak MiB | official/ours peak |\n" + "|---" * 10 + "|", flush=True)
     for case in cases(args.quick, args.device, args.cases):
         for mode in modes:
-            ours = [s for s in settings if not (s == "xef-ckpt" and mode == "fwd")]
+            ours = [s for s in settings if not (s.startswith("xef-ckpt") and mode == "fwd")]
             impls = ours + (["official"] if case.has_official else [])
             runs = work("time", case, mode, repeats, warmup, impls)
             flops = None if args.no_flops or not case.has_official else work("flops", case, mode)
