@@ -15,7 +15,7 @@ subprocess: on CPU the growth of the resident high-water mark over the step, on 
 
 Implementations ("settings"): ``official`` (its preset settings); ``xef`` (defaults);
 ``xef-ckpt`` (activation checkpointing of every attention and FFN block, ``checkpoint_level``
-2, train only); ``xef-compile`` (``torch.compile``, inductor; opt-in, compiling takes minutes on
+2, train only); ``xef-ckpt3`` (also the stem and head, level 3, train only); ``xef-compile`` (``torch.compile``, inductor; opt-in, compiling takes minutes on
 a CPU); ``baseline`` (``--baseline DIR``: the xearthformer of another checkout).
 Ratios are official / ours (> 1: ours is faster or smaller).
 
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="enso batch 1 only, 3 repeats (under 2 minutes idle)")
     p.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--modes", default="fwd,train", help="comma-separated subset of fwd,train")
-    p.add_argument("--settings", default="xef,xef-ckpt", help="our settings to run: xef, xef-ckpt (train "
+    p.add_argument("--settings", default="xef,xef-ckpt", help="our settings to run: xef, xef-ckpt, xef-ckpt3 (train "
                    "only), xef-compile (default xef,xef-ckpt)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
