@@ -15,7 +15,7 @@ subprocess: on CPU the growth of the resident high-water mark over the step, on 
 
 Implementations ("settings"): ``official`` (its preset settings); ``xef`` (defaults);
 ``xef-ckpt`` (activation checkpointing of every attention and FFN block, ``checkpoint_level``
-2, train only); ``xef-compile`` (``torch.compile``, inductor; opt-in, compiling takes minutes on
+2, train only); ``xef-ckpt3`` (also the stem and head, level 3, train only); ``xef-compile`` (``torch.compile``, inductor; opt-in, compiling takes minutes on
 a CPU); ``baseline`` (``--baseline DIR``: the xearthformer of another checkout).
 Ratios are official / ours (> 1: ours is faster or smaller).
 
@@ -126,8 +126,8 @@ def build(case: Case, impl: str, device: str) -> torch.nn.Module:
     ours = Earthformer(cfg)
     if impl == "xef":
         return ours.to(device)
-    if impl == "xef-ckpt":
-        ours.set_activation_checkpointing(True)
+    if impl in ("xef-ckpt", "xef-ckpt3"):
+        ours.set_activation_checkpointing(True, level=3 if impl == "xef-ckpt3" else 2)
         return ours.to(device)
     if impl == "xef-compile":
         return torch.compile(ours.to(device))
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="enso batch 1 only, 3 repeats (under 2 minutes idle)")
     p.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--modes", default="fwd,train", help="comma-separated subset of fwd,train")
-    p.add_argument("--settings", default="xef,xef-ckpt", help="our settings to run: xef, xef-ckpt (train "
+    p.add_argument("--settings", default="xef,xef-ckpt", help="our settings to run: xef, xef-ckpt, xef-ckpt3 (train "
                    "only), xef-compile (default xef,xef-ckpt)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
           "of matmul | peak MiB | official/ours peak |\n" + "|---" * 10 + "|", flush=True)
     for case in cases(args.quick, args.device, args.cases):
         for mode in modes:
-            ours = [s for s in settings if not (s == "xef-ckpt" and mode == "fwd")]
+            ours = [s for s in settings if not (s.startswith("xef-ckpt") and mode == "fwd")]
             impls = ours + (["official"] if case.has_official else [])
             runs = work("time", case, mode, repeats, warmup, impls)
             flops = None if args.no_flops or not case.has_official else work("flops", case, mode)

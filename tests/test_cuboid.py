@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from xearthformer.errors import ConfigError
 from xearthformer.nn import cuboid as cuboid_module
 from xearthformer.nn.cuboid import CuboidCrossAttention, CuboidSelfAttention
-from xearthformer.nn.decomposition import from_cuboids, to_cuboids
+from xearthformer.nn.decomposition import clamp_decomposition, from_cuboids, real_query_axis, to_cuboids
 from xearthformer.nn.patterns import (
     CrossDecomposition,
     Decomposition,
@@ -411,3 +411,59 @@ def test_both_attention_paths_give_the_same_gradients():
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     assert grads[0]["relative_position_bias_table"].abs().sum() > 0
+
+
+# ------------------------------------------------ real queries only (REAL_QUERIES_ONLY) vs the plain path
+
+class _plain_padding:
+    """Context manager: self-attention projects and attends every padded position."""
+
+    def __enter__(self):
+        self.saved, cuboid_module.REAL_QUERIES_ONLY = cuboid_module.REAL_QUERIES_ONLY, False
+
+    def __exit__(self, *exc):
+        cuboid_module.REAL_QUERIES_ONLY = self.saved
+
+
+@st.composite
+def padded_self_cases(draw):
+    """Self-attention cases (no global vectors) with an axis that real_query_axis picks."""
+    size = tuple(draw(st.integers(1, 4)) for _ in range(3))
+    axis = draw(st.integers(0, 2))
+    size = tuple(max(2, c) if i == axis else c for i, c in enumerate(size))
+    grid = tuple(draw(st.integers(size[i] + 1, 3 * size[i] - 1)) if i == axis else draw(st.integers(1, 5))
+                 for i in range(3))
+    grid = tuple(n + 1 if i == axis and n % size[i] == 0 else n for i, n in enumerate(grid))
+    strategy = tuple("l" if i == axis else draw(axis_strategy) for i in range(3))
+    shift = tuple(0 if i == axis else draw(st.integers(0, max(0, s - 1))) for i, s in enumerate(size))
+    options = dict(padding_type=draw(padding), use_relative_pos=draw(st.booleans()),
+                   use_final_proj=draw(st.booleans()))
+    return grid, Decomposition(size, strategy, shift), options, draw(st.integers(1, 2)), draw(st.integers(0, 10**6))
+
+
+def _outputs_and_grads(attn: CuboidSelfAttention, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    attn.zero_grad()
+    x = x.clone().requires_grad_(True)
+    out = attn(x)
+    (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in attn.named_parameters() if p.grad is not None}
+    return out.detach(), {**grads, "x": x.grad}
+
+
+@settings(max_examples=80, deadline=None)
+@given(padded_self_cases())
+def test_real_queries_only_equals_the_plain_path_with_gradients(case):
+    grid, decomposition, options, batch, seed = case
+    assert real_query_axis(grid, clamp_decomposition(grid, decomposition)) is not None  # the fast path runs
+    attn = CuboidSelfAttention(dim=8, num_heads=2, decomposition=decomposition, **options).train()
+    _randomise(attn, seed)
+    x = torch.randn(batch, *grid, 8, generator=torch.Generator().manual_seed(seed + 1))
+    out, grads = _outputs_and_grads(attn, x)
+    with _plain_padding():
+        ref, ref_grads = _outputs_and_grads(attn, x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in ref_grads.items():  # (float32 round-off of sums over the batch: relative to the largest)
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * max(1.0, grad.abs().max().item()),
+                                   msg=name)
+    _close(attn.eval()(x), reference_self(attn, x))

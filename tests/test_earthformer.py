@@ -197,6 +197,70 @@ def test_activation_checkpointing_gives_the_same_gradients():
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 
 
+_STACK_STEM = dict(initial_downsample_type="stack_conv", initial_downsample_stack_conv_num_layers=2,
+                   initial_downsample_stack_conv_dim_list=(8, 16), initial_downsample_stack_conv_downscale_list=(2, 2),
+                   initial_downsample_stack_conv_num_conv_list=(1, 2))
+_STEMS = {"conv": {}, "conv-merging-time": {"initial_downsample_scale": (2, 2, 2)}, "stack_conv": _STACK_STEM}
+
+
+@pytest.mark.parametrize("stem", list(_STEMS))
+def test_checkpointing_the_stem_and_head_gives_the_same_loss_and_gradients(stem, monkeypatch):
+    from xearthformer.models.earthformer import network
+
+    monkeypatch.setattr(network, "CHECKPOINT_CHUNK_VALUES", 1)  # one frame (or sample) per chunk
+    torch.manual_seed(0)
+    plain = Earthformer(_all_features_config().replace(**_STEMS[stem]))
+    ckpt = Earthformer(plain.config.replace(checkpoint_level=3))
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(3, *plain.config.input_shape)
+    y = torch.randn(3, *plain.config.target_shape)
+    losses = []
+    for m in (plain, ckpt):
+        m.train()
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5, msg=name)
+    with torch.no_grad():  # and outside training the checkpointed model is the plain one
+        torch.testing.assert_close(ckpt.eval()(x), plain.eval()(x), rtol=0, atol=0)
+
+
+def _saved_bytes(model: Earthformer, x: torch.Tensor) -> int:
+    """Bytes of the tensors a forward pass keeps for backward (by storage)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()(x).sum().backward()
+    return sum(storages.values())
+
+
+def test_checkpoint_level_3_keeps_far_fewer_activations_on_a_large_grid():
+    cfg = presets()["tiny"].replace(input_shape=(4, 64, 64, 1), target_shape=(4, 64, 64, 1), **_STACK_STEM)
+    x = torch.randn(2, *cfg.input_shape)
+    saved = {level: _saved_bytes(Earthformer(cfg.replace(checkpoint_level=level)), x) for level in (0, 2, 3)}
+    assert saved[2] < saved[0]
+    assert saved[3] < 0.25 * saved[2], saved
+
+
+def test_set_activation_checkpointing_levels():
+    model = Earthformer.from_preset("tiny")
+    model.set_activation_checkpointing(True, level=3)
+    assert model.config.checkpoint_level == 3
+    assert {m.opts.checkpoint_level for m in model.modules() if hasattr(m, "opts")} == {3}
+    model.set_activation_checkpointing(False, level=3)
+    assert model.config.checkpoint_level == 0
+    with pytest.raises(ConfigError, match="1, 2 or 3"):
+        model.set_activation_checkpointing(True, level=4)
+    with pytest.raises(ConfigError, match="0, 1, 2 or 3"):
+        presets()["tiny"].replace(checkpoint_level=4)
+
+
 def test_public_api_is_reachable_from_the_package():
     assert xef.Earthformer is Earthformer
     assert xef.presets()["tiny"] == presets()["tiny"]

@@ -61,9 +61,11 @@ from .decomposition import (
     from_cuboids,
     pad_grid,
     padding_amounts,
+    real_query_axis,
     relative_position_index,
     self_attention_mask,
     self_valid_keys,
+    split_self_attention_mask,
     to_cuboids,
 )
 from .layers import Dropout
@@ -144,6 +146,14 @@ def per_sample(mask: Tensor | None, batch: int) -> Tensor | None:
 # in training it avoids the fused op's slower fallback for a bias that needs a gradient.
 # Longer sequences (e.g. a "full" pattern on a large grid) keep the fused, memory-lean kernel.
 SMALL_CPU_SCORES = 64 * 64
+
+# Self-attention without global vectors computes no query at a padded position when the padding
+# lies at the end of one axis (``real_query_axis``): the cuboids of that axis's last block attend
+# from their real positions only (their padded keys still take part), and with zero or masked
+# padding the padded keys and values, a bias-free projection of zeros, are zeros appended after
+# the projection instead of projected. The outputs equal those of the plain path, which
+# projects and attends every padded position and crops the outputs afterwards (False: always).
+REAL_QUERIES_ONLY = True
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, scale: float) -> Tensor:
@@ -303,6 +313,12 @@ class CuboidSelfAttention(nn.Module):
         b, t, h, w, _ = x.shape
         grid = (t, h, w)
         d = clamp_decomposition(grid, self.decomposition)
+        scale = self.head_dim ** -0.5
+        dropout = self.attn_drop if self.training else 0.0
+        axis = None if self.use_global_vector or not REAL_QUERIES_ONLY else real_query_axis(grid, d)
+        if axis is not None:
+            x = self._attend_real_queries(x, grid, d, axis, scale, dropout)
+            return self.proj_drop(self.proj(x)) if self.use_final_proj else x
         pads = padding_amounts(grid, d.cuboid_size)
         padded = tuple(n + p for n, p in zip(grid, pads))
         x = pad_grid(x, pads, self.padding_type)
@@ -312,14 +328,10 @@ class CuboidSelfAttention(nn.Module):
         qkv = self.qkv(xc)  # (B, n, v, 3C)
         q, k, v = self._heads(per_cuboid(qkv), 3)  # (B * n, heads, v, hd) views
         keep = self_attention_mask(grid, d, self.padding_type)
-        bias = _bias(self.relative_position_bias_table, self._index(d.cuboid_size, x.device)) \
-            if self.use_relative_pos else None
-        scale = self.head_dim ** -0.5
-        dropout = self.attn_drop if self.training else 0.0
+        bias = self._rel_bias(d.cuboid_size, d.cuboid_size, x.device)
         new_global = None
         if not self.use_global_vector:
-            mask, empty = _attn_mask(bias, keep, 0, q.dtype, q.device)
-            out = zero_empty(attend(q, k, v, per_sample(mask, b), dropout, scale), empty, b)
+            out = self._local(q, k, v, bias, keep, b, scale, dropout)
         else:  # every query can attend the global vectors: no empty rows
             out, new_global = self._with_globals(xc, qkv, global_vectors, bias, keep, grid, d, scale, dropout)
         # back to the grid straight from (B * n, heads, v, hd): one copy; the projection is
@@ -333,6 +345,66 @@ class CuboidSelfAttention(nn.Module):
             if new_global is not None:
                 new_global = self.proj_drop(self.global_proj(new_global))
         return x if new_global is None else (x, new_global)
+
+    def _rel_bias(self, q_size: Grid, k_size: Grid, device: torch.device) -> Tensor | None:
+        """(heads, q_volume, k_volume) bias between cuboids of ``q_size`` and ``k_size``, or None."""
+        if not self.use_relative_pos:
+            return None
+        if q_size != k_size:
+            index = _on(relative_position_index(tuple(self.decomposition.cuboid_size), q_size, k_size), device)
+        else:
+            index = self._index(q_size, device)
+        return _bias(self.relative_position_bias_table, index)
+
+    @staticmethod
+    def _local(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, keep: Tensor | None, b: int, scale: float,
+               dropout: float) -> Tensor:
+        """Attention within the cuboids (B * n, heads, L, hd), masked by ``keep`` (n, L, S) or None."""
+        mask, empty = _attn_mask(bias, keep, 0, q.dtype, q.device)
+        return zero_empty(attend(q, k, v, per_sample(mask, b), dropout, scale), empty, b)
+
+    def _attend_real_queries(self, x: Tensor, grid: Grid, d: Decomposition, axis: int, scale: float,
+                             dropout: float) -> Tensor:
+        """The local attention output (B, T, H, W, C), before the projection, of the normed ``x``
+        (B, T, H, W, C) for a decomposition padded at the end of ``axis``
+        (:func:`~xearthformer.nn.decomposition.real_query_axis`), computed for real queries only.
+
+        The blocks of cuboids before the last one along ``axis`` have no padding there and run as
+        usual; the last block's cuboids attend from their ``real`` real positions (query cuboids of
+        that length along ``axis``) to all positions of the padded cuboid.
+        """
+        b, size, dim = x.shape[0], d.cuboid_size, 1 + axis
+        pads = list(padding_amounts(grid, size))
+        pad, pads[axis] = pads[axis], 0
+        real = size[axis] - pad
+        x = pad_grid(x, tuple(pads), self.padding_type)  # the other axes, as usual
+        if any(d.shift_size):  # (none along ``axis``)
+            x = torch.roll(x, [-s for s in d.shift_size], dims=(1, 2, 3))
+        edge = grid[axis] - real  # where the last block starts
+        keep_head, keep_tail = split_self_attention_mask(grid, d, self.padding_type, axis)
+        # the blocks before the last one: no padding along ``axis``
+        head = x.narrow(dim, 0, edge)
+        q, k, v = self._heads(per_cuboid(self.qkv(to_cuboids(head, size, d.strategy))), 3)
+        out = self._local(q, k, v, self._rel_bias(size, size, x.device), keep_head, b, scale, dropout)
+        parts = [from_cuboids(per_sample_heads(out, b), size, d.strategy, tuple(head.shape[1:4]))]
+        # the last block: queries at its real positions only
+        tail = x.narrow(dim, edge, real)
+        q_size = tuple(real if i == axis else c for i, c in enumerate(size))
+        if self.padding_type == "nearest":  # padded keys repeat the edge: project them as well
+            qkv = self.qkv(to_cuboids(pad_grid(tail, tuple(pad if i == axis else 0 for i in range(3)), "nearest"),
+                                      size, d.strategy))
+            q, k, v = self._heads(per_cuboid(qkv), 3)
+            q = q.unflatten(2, size).narrow(2 + axis, 0, real).flatten(2, 4)
+        else:  # zero (or masked-out) padding: its keys and values are zeros, appended here
+            q, k, v = self._heads(per_cuboid(self.qkv(to_cuboids(tail, q_size, d.strategy))), 3)
+            zeros = (0, 0) * (3 - axis) + (0, pad)  # pad the in-cuboid ``axis`` (then head_dim) of (.., *q_size, hd)
+            k, v = (F.pad(t.unflatten(2, q_size), zeros).flatten(2, 4) for t in (k, v))
+        out = self._local(q, k, v, self._rel_bias(q_size, size, x.device), keep_tail, b, scale, dropout)
+        parts.append(from_cuboids(per_sample_heads(out, b), q_size, d.strategy, tuple(tail.shape[1:4])))
+        x = torch.cat(parts, dim=dim)
+        if any(d.shift_size):
+            x = torch.roll(x, list(d.shift_size), dims=(1, 2, 3))
+        return x[:, :grid[0], :grid[1], :grid[2]]
 
     def _with_globals(self, xc: Tensor, qkv: Tensor, g: Tensor, bias: Tensor | None,
                       keep: Tensor | None, grid: Grid, d: Decomposition, scale: float, dropout: float

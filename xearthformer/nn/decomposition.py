@@ -192,6 +192,48 @@ def self_attention_mask(grid: Grid, d: Decomposition, padding_type: str) -> Tens
     return keep
 
 
+def real_query_axis(grid: Grid, d: Decomposition) -> int | None:
+    """An axis along which only the last block of cuboids holds padding, at its end: the first
+    padded axis of ``grid`` with contiguous (``l``) cuboids and no shift; None if there is none.
+
+    Along it, the last block's queries at padded positions can be skipped (their outputs are
+    cropped away) while its padded keys still take part. (A dilated axis spreads the padding
+    over every block; a shift rolls it into the others.)
+
+    >>> real_query_axis((14, 4, 4), Decomposition((12, 1, 1)))
+    0
+    >>> real_query_axis((12, 4, 4), Decomposition((12, 1, 1))) is None   # nothing padded
+    True
+    """
+    pads = padding_amounts(grid, d.cuboid_size)
+    for axis, pad in enumerate(pads):
+        if pad and d.strategy[axis] == "l" and not d.shift_size[axis]:
+            return axis
+    return None
+
+
+@lru_cache(maxsize=256)
+@torch.inference_mode(False)
+@_on_cpu
+def split_self_attention_mask(grid: Grid, d: Decomposition, padding_type: str,
+                              axis: int) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`self_attention_mask` split at the last block of cuboids along ``axis``
+    (:func:`real_query_axis`): the masks of the cuboids before it, and of its cuboids with
+    only the query rows of real positions along ``axis``; (None, None) when nothing is masked.
+    """
+    keep = self_attention_mask(grid, d, padding_type)
+    if keep is None:
+        return None, None
+    size = d.cuboid_size
+    blocks = tuple(-(-n // c) for n, c in zip(grid, size))
+    real = grid[axis] - (blocks[axis] - 1) * size[axis]
+    keep = keep.unflatten(0, blocks)
+    head = keep.narrow(axis, 0, blocks[axis] - 1).flatten(0, 2)
+    tail = keep.narrow(axis, blocks[axis] - 1, 1).flatten(0, 2)
+    tail = tail.unflatten(1, size).narrow(1 + axis, 0, real).flatten(1, 3)
+    return head.contiguous(), tail.contiguous()
+
+
 @lru_cache(maxsize=256)
 @torch.inference_mode(False)
 @_on_cpu

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .decomposition import pad_grid, padding_amounts
@@ -205,6 +206,30 @@ class PosEmbed(nn.Module):
             idx = torch.arange(h, device=dev)[:, None] * self.max_w + torch.arange(w, device=dev)
             emb = emb + self.HW_embed(idx)[None]
         return x + emb
+
+
+def checkpoint_chunks(fn: Any, x: Tensor, chunk: int, per_frame: bool = True) -> Tensor:  # noqa: ANN401
+    """``fn(x)`` in chunks of ``chunk`` frames (or samples), each recomputed in the backward pass.
+
+    For a ``fn`` that maps every frame of ``x`` (B, T, ...) independently (``per_frame``; else
+    every sample) to one output frame (sample): the chunks run through activation
+    checkpointing, so the forward pass keeps only their inputs, and the backward pass holds
+    the activations of one chunk at a time instead of the whole batch's. The full-resolution
+    stem and head of an Earthformer are such functions. Equal to ``fn(x)`` to round-off.
+
+    >>> f = nn.Conv2d(1, 2, 3, padding=1)
+    >>> per_frame = lambda x: _per_frame(f, x)
+    >>> x = torch.randn(2, 3, 8, 8, 1)
+    >>> torch.allclose(checkpoint_chunks(per_frame, x, 2), per_frame(x), atol=1e-6)
+    True
+    """
+    b, t = x.shape[:2]
+    items = x.reshape(b * t, 1, *x.shape[2:]) if per_frame else x
+    if items.shape[0] <= chunk:
+        out = checkpoint(fn, items, use_reentrant=False)
+    else:
+        out = torch.cat([checkpoint(fn, part, use_reentrant=False) for part in items.split(chunk)])
+    return out.reshape(b, t, *out.shape[2:]) if per_frame else out
 
 
 def conv_block(in_dim: int, out_dim: int, layers: int, groups: int, act: str) -> nn.Sequential:

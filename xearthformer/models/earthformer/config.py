@@ -144,7 +144,8 @@ class EarthformerConfig(ModelConfig):
         need(self.num_global_vectors >= 0, f"num_global_vectors must be >= 0, got {self.num_global_vectors}")
         need(self.global_dim_ratio == 1 or self.separate_global_qkv,
              "global_dim_ratio != 1 needs separate_global_qkv=True")
-        need(self.checkpoint_level in (0, 1, 2), f"checkpoint_level must be 0, 1 or 2, got {self.checkpoint_level}")
+        need(self.checkpoint_level in (0, 1, 2, 3),
+             f"checkpoint_level must be 0, 1, 2 or 3, got {self.checkpoint_level}")
         if self.initial_downsample_type == "conv":
             need(self.base_units % 16 == 0 or self.initial_downsample_conv_layers == 0,
                  f"the conv stem's GroupNorm has 16 groups: base_units={self.base_units} must be a multiple of 16")

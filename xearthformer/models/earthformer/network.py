@@ -33,11 +33,16 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError, ShapeError
 from ...nn.blocks import BlockOptions, Decoder, Encoder
-from ...nn.layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, merged_shape
+from ...nn.layers import ConvHead, ConvStem, PosEmbed, StackConvHead, StackConvStem, checkpoint_chunks, merged_shape
 from ...nn.patterns import cross_pattern, self_pattern
 from .config import EarthformerConfig, preset, presets
 
 __all__ = ["Earthformer", "EarthformerConfig", "presets"]
+
+#: ``checkpoint_level`` 3 runs the stem and head in chunks of frames whose largest activation
+#: (full-resolution grid x the widest of their convolutions) holds at most this many values
+#: (16 MiB of float32): the backward pass then recomputes one chunk at a time
+CHECKPOINT_CHUNK_VALUES = 2**22
 
 
 class Earthformer(nn.Module):
@@ -149,10 +154,23 @@ class Earthformer(nn.Module):
         """
         return cls(preset(name, **overrides))
 
-    def set_activation_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute the attention and FFN blocks in the backward pass (``checkpoint_level``
-        2) or not (0); the config is updated to match, so a saved bundle says so."""
-        level = 2 if enabled else 0
+    def set_activation_checkpointing(self, enabled: bool = True, level: int = 2) -> None:
+        """Recompute activations in the backward pass (at ``level``) or not (``enabled=False``:
+        level 0); the config is updated to match, so a saved bundle says so.
+
+        Levels (``EarthformerConfig.checkpoint_level``): 1 the FFN blocks; 2 the attention and
+        FFN blocks; 3 also the stem and head, whose full-resolution convolutions otherwise hold
+        most of the training memory of large grids (``sevir``), in chunks of frames (see
+        :data:`CHECKPOINT_CHUNK_VALUES`). Each level recomputes more of the forward pass.
+
+        >>> model = Earthformer.from_preset("tiny")
+        >>> model.set_activation_checkpointing(level=3)
+        >>> model.config.checkpoint_level
+        3
+        """
+        if level not in (1, 2, 3):
+            raise ConfigError(f"checkpoint level must be 1, 2 or 3, got {level!r}")
+        level = level if enabled else 0
         self.config = self.config.replace(checkpoint_level=level)
         for module in self.modules():
             opts = getattr(module, "opts", None)
@@ -209,14 +227,35 @@ class Earthformer(nn.Module):
         """(N, T_in, H, W, C_in) -> (N, T_out, H, W, C_out)."""
         self.check_input(x)
         b = x.shape[0]
-        x = self.enc_pos_embed(self.initial_encoder(x))
+        io_ckpt = self.config.checkpoint_level >= 3 and self.training and torch.is_grad_enabled()
+        x = self.enc_pos_embed(self._stem(x) if io_ckpt else self.initial_encoder(x))
         g = None
         if self.config.num_global_vectors > 0:
             g = self.init_global_vectors.expand(b, *self.init_global_vectors.shape)
         mem, mem_global = self.encoder(x, g)
         z = self._initial_z(mem[-1])
         y = self.decoder(z, mem, mem_global)
+        if io_ckpt:
+            return checkpoint_chunks(self._head, y, self._chunk_frames)
+        return self._head(y)
+
+    def _head(self, y: Tensor) -> Tensor:
         return self.dec_final_proj(self.final_decoder(y))
+
+    def _stem(self, x: Tensor) -> Tensor:
+        """The stem through :func:`checkpoint_chunks`: per frame unless it merges along time."""
+        factor = getattr(getattr(self.initial_encoder, "patch_merge", None), "factor", (1,))
+        if factor[0] == 1:
+            return checkpoint_chunks(self.initial_encoder, x, self._chunk_frames)
+        return checkpoint_chunks(self.initial_encoder, x, max(1, self._chunk_frames // x.shape[1]), per_frame=False)
+
+    @property
+    def _chunk_frames(self) -> int:
+        """Frames per chunk of the checkpointed stem and head (:data:`CHECKPOINT_CHUNK_VALUES`)."""
+        h, w = self.config.input_shape[1:3]
+        widest = max(m.out_channels for m in (*self.initial_encoder.modules(), *self.final_decoder.modules())
+                     if isinstance(m, nn.Conv2d))
+        return max(1, CHECKPOINT_CHUNK_VALUES // (h * w * widest))
 
     def predict(self, x: Tensor, *, keys: Tensor | None = None, **sampling: Any) -> Tensor:
         """The family protocol's entry point: (N, T_in, H, W, C_in) -> (N, 1, T_out, H, W, C_out).
