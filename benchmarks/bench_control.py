@@ -48,6 +48,7 @@ import xearthformer as xef  # noqa: E402
 from xearthformer import metrics  # noqa: E402
 from xearthformer.checkpoint import bundle_digest, load, save  # noqa: E402
 from xearthformer.demo import machine  # noqa: E402
+from xearthformer.demo.storms_control import init_targets, spread_inits  # noqa: E402
 from xearthformer.forecast import ensemble  # noqa: E402
 
 DIMS = ["init_time", "lead_time", "y", "x"]
@@ -62,11 +63,11 @@ def demo_data(quick: bool, seed: int):
     return ds, split, held_out_inits(ds, split)
 
 
-def spread_inits(ds, window: slice, n: int) -> np.ndarray:
+def sample_inits(ds, window: slice, n: int) -> np.ndarray:
     times = ds["time"].sel(time=window).values
     if n > times.size:
         raise SystemExit(f"--inits {n}: the test part has only {times.size} init times")
-    return times[np.unique(np.linspace(0, times.size - 1, n).round().astype(int))]
+    return spread_inits(times, n)
 
 
 def with_alignment(model_path: Path, ds, split: int, epochs: int, quick: bool, device: str):
@@ -113,17 +114,8 @@ def run_case(ds, model, inits, members: int, seed: int, sampler: str, steps: int
            "csi74": float(metrics.csi(vil.mean("member"), obs, thresholds=[74], dim=DIMS).squeeze())}
     if control is not None:
         # one target per init when mu depends on the context: the attrs hold none, ask the guidance
-        out["target"] = init_targets(ds, model, inits, control).tolist()
+        out["target"] = init_targets(ds, model, inits, [control])[0].tolist()
     return out
-
-
-def init_targets(ds, model, inits, control) -> np.ndarray:
-    """The (clipped) physical target of each init, (init_time,)."""
-    from xearthformer import layout
-    from xearthformer.models.prediff.knowledge import prepare_guidance
-
-    x = torch.from_numpy(layout.encode_inputs(ds, model.spec, inits))
-    return prepare_guidance(model, control).targets(x)[:, 0].numpy()
 
 
 def summarise(cases: dict, ns: list[float]) -> dict:
@@ -212,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     entry, _ = find_entry(model.model, statistic(STAT))
     scales = args.scales or [float(entry["guide_scale"])]
-    inits = spread_inits(ds, window, args.inits)
+    inits = sample_inits(ds, window, args.inits)
     conditioned = entry["stats"]["conditioning"]
     slope = f", slope {entry['stats']['slope'][0]:.3f} on the context mean" if conditioned == "context" else ""
     print(f"{len(inits)} inits x {args.members} members; alignment {entry['name']!r} "

@@ -73,6 +73,27 @@ def controlled_model(model: Forecaster, train_ds: xr.Dataset, out: Path, quick: 
     return model
 
 
+def spread_inits(times: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of the init ``times``, evenly spread over them (the first and last included).
+
+    >>> spread_inits(np.arange(10), 4)
+    array([0, 3, 6, 9])
+    """
+    return times[np.unique(np.linspace(0, times.size - 1, min(n, times.size)).round().astype(int))]
+
+
+def init_targets(ds: xr.Dataset, model: Forecaster, inits: Any, controls: list[Any]) -> list[np.ndarray]:
+    """The (clipped) physical target of each init under each control: one (init,) array per
+    control (targets differ by init when they depend on the context)."""
+    import torch
+
+    from .. import layout
+    from ..models.prediff.knowledge import prepare_guidance
+
+    x = torch.from_numpy(layout.encode_inputs(ds, model.spec, inits))
+    return [prepare_guidance(model, c).targets(x)[:, 0].numpy() for c in controls]
+
+
 def control_rows(sweep: xr.DataArray, free: xr.DataArray, targets: list[np.ndarray], obs: xr.DataArray
                  ) -> list[dict[str, Any]]:
     """One row per control (and one for the free ensemble): target (mean over inits, and per
@@ -151,10 +172,6 @@ def run_storms_control(out: Path, model: Forecaster, ds: xr.Dataset, split: int,
                        seed: int = 0, device: str = "auto", members: int = 8,
                        sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """The control sweep of the storms ensemble demo; returns the rows and output paths."""
-    import torch
-
-    from .. import layout
-    from ..models.prediff.knowledge import prepare_guidance
     from .storms import held_out_inits
     from .storms_ensemble import busiest_init
 
@@ -163,10 +180,8 @@ def run_storms_control(out: Path, model: Forecaster, ds: xr.Dataset, split: int,
     members = min(members, CONTROL_MEMBERS)
     model = controlled_model(model, ds.isel(time=slice(0, split)), out, quick, seed, device)
     controls = [{"n": k, **CONTROL_OPTIONS} for k in SWEEP]
-    times = ds["time"].sel(time=held_out_inits(ds, split)).values
-    inits = times[np.unique(np.linspace(0, times.size - 1, min(CONTROL_INITS, times.size)).round().astype(int))]
-    x = torch.from_numpy(layout.encode_inputs(ds, model.spec, inits))
-    targets = [prepare_guidance(model, c).targets(x)[:, 0].numpy() for c in controls]
+    inits = spread_inits(ds["time"].sel(time=held_out_inits(ds, split)).values, CONTROL_INITS)
+    targets = init_targets(ds, model, inits, controls)
     kw = {"members": members, "seed": seed, "init": inits, "device": device, "progress": True, **sampling}
     t0 = time.perf_counter()
     free = ds.earthformer.ensemble(model, **kw)

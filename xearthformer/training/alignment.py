@@ -37,14 +37,13 @@ from ..models.prediff.control import CONDITIONINGS, ControlStats, context_value
 from ..models.prediff.knowledge import (DEFAULT_GUIDE_SCALE, alignment_entry, entry_name, find_entry,
                                         session_statistic)
 from ..models.prediff.statistics import (DataUnits, Statistic, StatisticScale, as_statistic, check_statistic,
-                                         context_channels)
+                                         context_channels, context_targets)
 from ..models.prediff.vae import sample_posterior
 from .data import split_by_time
 from .labelled import _period_str, window_sources
 from .objectives import Batch, LossTerms
 
-__all__ = ["AlignmentObjective", "context_statistic_values", "control_stats", "estimate_stats",
-           "statistic_values", "train_alignment"]
+__all__ = ["AlignmentObjective", "conditioning_context", "control_stats", "statistic_values", "train_alignment"]
 
 #: windows per batch when computing statistics of the data
 STAT_BATCH = 64
@@ -66,45 +65,45 @@ def _statistic(statistic: Any) -> Statistic:
     return as_statistic(statistic)
 
 
-def statistic_values(source: Any, units: DataUnits, stats: tuple[Statistic, ...],
-                     batch: int = STAT_BATCH) -> list[np.ndarray]:
-    """Each statistic of the target of every window of ``source``, (S, K) float64 per statistic."""
-    out: list[list[np.ndarray]] = [[] for _ in stats]
+def statistic_values(source: Any, units: DataUnits, stats: tuple[Statistic, ...], batch: int = STAT_BATCH,
+                     context: tuple[Statistic, tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """Each statistic of the target of every window of ``source``, (S, K) float64 per statistic;
+    with ``context`` = (statistic, target channels of the context), last also that statistic of
+    every window's context, (S,) (:func:`~xearthformer.models.prediff.control.context_value`),
+    from the same pass over the windows."""
+    out: list[list[np.ndarray]] = [[] for _ in range(len(stats) + (context is not None))]
     with torch.no_grad():
         for start in range(0, len(source), batch):
-            _, y, _ = source.get(np.arange(start, min(start + batch, len(source))))
+            x, y, _ = source.get(np.arange(start, min(start + batch, len(source))))
             physical = units.to_physical(torch.from_numpy(np.asarray(y)).to(torch.float64))
             for i, stat in enumerate(stats):
                 out[i].append(stat(physical).numpy())
+            if context is not None:
+                of, channels = context
+                out[-1].append(context_value(of, context_targets(torch.from_numpy(np.asarray(x)), channels,
+                                                                 units)).numpy())
     return [np.concatenate(v) for v in out]
 
 
-def context_statistic_values(source: Any, spec: Any, units: DataUnits, stat: Statistic,
-                             batch: int = STAT_BATCH) -> np.ndarray:
-    """The context statistic (:func:`~xearthformer.models.prediff.control.context_value`) of every
-    window of ``source``, (S,) float64: the predictor of context-conditioned mu/sigma."""
+def conditioning_context(spec: Any, stat: Statistic, conditioning: str
+                         ) -> tuple[Statistic, tuple[int, ...]] | None:
+    """``statistic_values``'s ``context`` for mu/sigma ``conditioning`` (None: climatological).
+
+    Raises
+    ------
+    ConfigError
+        An unknown conditioning, or ``"context"`` for a model whose targets are not inputs.
+    """
+    if conditioning not in CONDITIONINGS:
+        raise ConfigError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+    if conditioning == "none":
+        return None
     channels = context_channels(spec)
     if channels is None:
         raise ConfigError("conditioning='context' computes the statistic of the context's target channels, but "
                           f"the target channels {[c.name for c in spec.targets]} are not all model inputs "
                           f"({spec.input_channel_names}). Fix: conditioning='none'.")
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(source), batch):
-            x, _, _ = source.get(np.arange(start, min(start + batch, len(source))))
-            frames = torch.from_numpy(np.asarray(x)).to(torch.float64)[..., list(channels)]
-            out.append(context_value(stat, units.to_physical(frames)).numpy())
-    return np.concatenate(out)
-
-
-def estimate_stats(source: Any, spec: Any, units: DataUnits, stat: Statistic, values: np.ndarray,
-                   conditioning: str, period: Any) -> ControlStats:
-    """mu/sigma of ``stat`` over ``source``'s windows (``values``: its (S, K) future values),
-    climatological or conditioned on the context (:data:`~xearthformer.models.prediff.control.CONDITIONINGS`)."""
-    if conditioning not in CONDITIONINGS:
-        raise ConfigError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
-    context = context_statistic_values(source, spec, units, stat) if conditioning == "context" else None
-    return ControlStats.estimate(values, period=tuple(period) if period else None, context=context)
+    return stat, channels
 
 
 class AlignmentObjective(nn.Module):
@@ -261,6 +260,7 @@ def train_alignment(
     fc = _prediff(model)
     net, spec = fc.model, fc.spec
     stat = _statistic(statistic)
+    context = conditioning_context(spec, stat, conditioning)
     ds = ds.to_dataset(name=ds.name or "variable") if isinstance(ds, xr.DataArray) else ds
     split = split_by_time(ds, val, window=spec.context + spec.lead)
     train_src, val_src = window_sources(split, spec, cache)
@@ -275,13 +275,12 @@ def train_alignment(
         target, readout, frames_out = stat, "direct", True
     else:
         target, readout, frames_out = stat, "direct", False
-    if target is stat:
-        (values,) = statistic_values(train_src, units, (stat,))
-        target_values = values
-    else:
-        values, target_values = statistic_values(train_src, units, (stat, target))
+    values, *rest = statistic_values(train_src, units, (stat,) if target is stat else (stat, target),
+                                     context=context)
+    target_values = values if target is stat else rest.pop(0)
     period = _period_str(split.train_period)
-    stats = estimate_stats(train_src, spec, units, stat, values, conditioning, period)
+    stats = ControlStats.estimate(values, period=tuple(period) if period else None,
+                                  context=rest[0] if context else None)
     # the network learns z-scores of its target, pooled over its outputs (one offset, one scale,
     # so the frame mean of its outputs is the z-score of the sequence statistic)
     sigma = float(target_values.std())
@@ -382,6 +381,7 @@ def control_stats(model: Forecaster, ds: xr.Dataset | xr.DataArray, statistic: A
     fc = _prediff(model)
     spec = fc.spec
     entry, stat = find_entry(fc.model, None if statistic is None else _statistic(statistic))
+    context = conditioning_context(spec, stat, conditioning)
     ds = ds.to_dataset(name=ds.name or "variable") if isinstance(ds, xr.DataArray) else ds
     if period is not None:
         ds = ds.sel({layout.find_axes(ds).time: period})
@@ -392,9 +392,10 @@ def control_stats(model: Forecaster, ds: xr.Dataset | xr.DataArray, statistic: A
     keep = layout.valid_windows(ds, spec, inits)
     source = XarrayWindows(ds, spec, inits, cache=False, keep=keep)
     units = DataUnits.from_channels(spec.targets)
-    (values,) = statistic_values(source, units, (stat,))
+    values, *rest = statistic_values(source, units, (stat,), context=context)
     times = [layout.format_time(inits[0]), layout.format_time(inits[-1])]
-    entry["stats"] = estimate_stats(source, spec, units, stat, values, conditioning, times).to_dict()
+    entry["stats"] = ControlStats.estimate(values, period=(times[0], times[1]),
+                                           context=rest[0] if context else None).to_dict()
     if entry.get("statistic") is not None:
         statistic_from_record(entry["statistic"])  # (still rebuildable)
     weights = {k[len(f"alignments.{entry['name']}."):]: v for k, v in fc.model.state_dict().items()

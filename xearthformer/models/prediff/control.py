@@ -177,13 +177,12 @@ class ControlStats:
         sigma = np.sqrt((residual ** 2).sum(axis=0) / max(v.shape[0] - 2, 1))
         return cls(tuple(v.mean(axis=0)), tuple(sigma), int(v.shape[0]), period, "context", tuple(slope), c_mean)
 
-    def mean_given(self, context: Tensor | None, samples: int | None = None) -> Tensor:
-        """mu per sample (N, K), float64: the fit at the context statistic ``context`` (N,), or
-        the climatological mu repeated ``samples`` times (``conditioning="none"``)."""
+    def mean_given(self, context: Tensor | None) -> Tensor:
+        """mu per sample (N, K), float64: the fit at the context statistic ``context`` (N,); the
+        climatological mu (1, K) whatever ``context`` (``conditioning="none"``)."""
         mu = torch.tensor(self.mu, dtype=torch.float64)
         if not self.needs_context:
-            n = samples if samples is not None else (1 if context is None else int(context.shape[0]))
-            return mu.expand(n, len(self.mu))
+            return mu.reshape(1, -1)
         if context is None:
             raise ConfigError("these mu/sigma are conditioned on the context's statistic, and this call has no "
                               "context")
@@ -410,7 +409,7 @@ def resolve_target(request: ControlRequest, *, samples: int, components: int,
                               "model = xef.control_stats(model, ds), or give an absolute target {'value': v}.")
         _check_components(stats.mu, components, f"the stored mu/sigma of {label}")
         n = _per_component(request.n, components, "n")
-        mu = stats.mean_given(context_stat, samples)
+        mu = stats.mean_given(context_stat)
         target = (mu + n * torch.tensor(stats.sigma, dtype=torch.float64)).expand(samples, components)
         how = "mu(context) + n sigma" if stats.needs_context else "mu + n sigma"
     elif request.value is not None:

@@ -56,7 +56,7 @@ from ...diffusion import OFFICIAL_GUIDE_SCALE, KnowledgeControl
 from ...diffusion.sampler import Sampler
 from ...errors import ConfigError
 from .control import ControlRequest, ControlStats, context_value, parse_control, resolve_target
-from .statistics import (DataUnits, Statistic, StatisticScale, context_channels, statistic,
+from .statistics import (DataUnits, Statistic, StatisticScale, context_channels, context_targets, statistic,
                          statistic_from_record)
 
 __all__ = ["DEFAULT_GUIDE_SCALE", "READOUTS", "Guidance", "alignment_entry", "complete_entry", "control_attrs",
@@ -247,11 +247,15 @@ class Guidance:
         return StatisticScale.of_normalised_data(self.statistic, self.units.offset[0], self.units.scale[0])
 
     @property
+    def conditioned_mu(self) -> bool:
+        """Whether the targets are ``n`` sigmas from a mu conditioned on the context."""
+        stats = self.stats
+        return self.request.n is not None and stats is not None and stats.needs_context
+
+    @property
     def uses_context(self) -> bool:
         """Whether the targets depend on the context (a callable, or context-conditioned mu/sigma)."""
-        stats = self.stats
-        return self.request.target_of is not None or (
-            self.request.n is not None and stats is not None and stats.needs_context)
+        return self.request.target_of is not None or self.conditioned_mu
 
     def physical_context(self, x: Tensor) -> Tensor:
         """The target channels of normalised contexts ``x`` (N, T_in, H, W, C_in), physical, float64."""
@@ -259,16 +263,14 @@ class Guidance:
             raise ConfigError("this control computes its target from the context, but the model's target channels "
                               "are not all among its inputs. Fix: an absolute {'value': v} target, or mu/sigma "
                               "estimated with conditioning='none' (xef.control_stats).")
-        frames = x.detach().to(torch.float64)[..., list(self.context_channels)]
-        return self.units.to_physical(frames)
+        return context_targets(x, self.context_channels, self.units)
 
     def targets(self, x: Tensor) -> Tensor:
         """The (N, K) physical targets (float64) for normalised contexts ``x`` (N, T_in, H, W, C)."""
         context = context_stat = None
         if self.uses_context:
             context = self.physical_context(x)
-            stats = self.stats
-            if self.request.n is not None and stats is not None and stats.needs_context:
+            if self.conditioned_mu:
                 context_stat = context_value(self.statistic, context)
         return resolve_target(self.request, samples=x.shape[0], components=self.components, stats=self.stats,
                               bounds=self.bounds, context=context, context_stat=context_stat,

@@ -55,6 +55,7 @@ __all__ = [
     "as_statistic",
     "check_statistic",
     "context_channels",
+    "context_targets",
     "statistic",
     "statistic_from_record",
 ]
@@ -546,3 +547,14 @@ def context_channels(spec: Any) -> tuple[int, ...] | None:
         return None
     return tuple(names.index(c.name) for c in spec.targets)
 
+
+def context_targets(x: Tensor, channels: Sequence[int], units: DataUnits) -> Tensor:
+    """The target channels ``channels`` (:func:`context_channels`) of normalised contexts ``x``
+    (..., C_in), in physical units (``units``: the targets'), float64.
+
+    >>> from xearthformer.layout import Channel
+    >>> units = DataUnits.from_channels([Channel("vil", method="scale", scale=255.0)])
+    >>> context_targets(torch.tensor([[0.1, 0.5]]), (1,), units)
+    tensor([[127.5000]], dtype=torch.float64)
+    """
+    return units.to_physical(x.detach().to(torch.float64)[..., list(channels)])
