@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samplers", nargs="+", default=["ddim", "dpm++2m"])
     p.add_argument("--n", nargs="+", type=float, default=[-2, -1, 0, 1, 2])
     p.add_argument("--scales", nargs="+", type=float, default=None,
-                   help="guidance strengths to try (default: the bundle's own)")
+                   help="guidance strengths to try (default: the alignment network's own, or the decoded default)")
     p.add_argument("--align-epochs", type=int, default=40)
     p.add_argument("--via", choices=["alignment", "decoded"], default="alignment",
                    help="follow the alignment network (PreDiff) or the statistic of the decoded x0")
@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     from xearthformer.models.prediff.statistics import statistic
 
     entry, _ = find_entry(model.model, statistic(STAT))
-    scales = args.scales or [float(entry["guide_scale"])]
+    from xearthformer.models.prediff.knowledge import DEFAULT_DECODED_SCALE
+
+    # the default strength of what is measured: the network's own, or that of decoded guidance
+    scales = args.scales or [float(entry["guide_scale"]) if args.via == "alignment" else DEFAULT_DECODED_SCALE]
     inits = sample_inits(ds, window, args.inits)
     conditioned = entry["stats"]["conditioning"]
     slope = f", slope {entry['stats']['slope'][0]:.3f} on the context mean" if conditioned == "context" else ""
