@@ -407,3 +407,25 @@ def test_the_norm_key_is_parsed_recorded_and_checked(model, data):
     l2 = data.earthformer.ensemble(model, control={"n": 2, "scale": 50.0}, **kw)
     assert squared.attrs["control_norm"] == "squared" and l2.attrs["control_norm"] == "l2"
     assert not np.allclose(squared["rain"].values, l2["rain"].values)
+
+
+def test_context_conditioning_needs_the_targets_among_the_inputs():
+    from xearthformer.layout import Channel, DataSpec, Grid, TimeStep
+    from xearthformer.models.prediff.knowledge import Guidance
+    from xearthformer.models.prediff.control import parse_control
+    from xearthformer.models.prediff.statistics import DataUnits
+    from xearthformer.training.alignment import conditioning_context
+
+    rain, wind = Channel("rain"), Channel("wind")
+    spec = DataSpec(inputs=(wind,), targets=(rain,), grid=Grid.xy(range(2), range(2)),
+                    step=TimeStep(5, "minutes"), context=2, lead=1)
+    stat = statistic("mean_intensity")
+    with pytest.raises(ConfigError, match="not all model inputs"):
+        conditioning_context(spec, stat, "context")
+    assert conditioning_context(spec, stat, "none") is None
+    both = DataSpec(inputs=(wind, rain), targets=(rain,), grid=spec.grid, step=spec.step, context=2, lead=1)
+    assert conditioning_context(both, stat, "context") == (stat, (1,))
+    guidance = Guidance({"name": None, "components": 1, "stats": None}, parse_control(lambda c: c.mean()),
+                        stat, DataUnits((0.0,), (1.0,)), (0.0, 1.0), 1.0)  # no context channels known
+    with pytest.raises(ConfigError, match="not all among its inputs"):
+        guidance.targets(torch.zeros(1, 2, 2, 2, 1))
